@@ -1,0 +1,221 @@
+"""Turn one record (a parsed JSON value) into data points, following a compiled plan.
+
+Pure and total: no I/O, no clock, no OpenTelemetry, and it never raises on any JSON
+input. A value that cannot be trusted becomes a :class:`Drop` with a reason, never a
+point; the other points of the record still come out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from translator.mapping.paths import MISSING
+from translator.mapping.plan import (
+    Attribute,
+    AttributeValue,
+    Condition,
+    CounterMode,
+    InstrumentKind,
+    MetricRule,
+    Plan,
+    Scope,
+    ValueSpec,
+)
+
+#: Attribute strings longer than this are refused: they are almost always a mistake
+#: (a whole log line, a path into the wrong field) and would bloat every export.
+MAX_ATTRIBUTE_CHARS = 1024
+_INT64_MAX = 2**63 - 1
+
+_SCOPE_INDEX = {Scope.ELEMENT: 0, Scope.RECORD: 1, Scope.ROOT: 2}
+
+AttributeSet = tuple[tuple[str, AttributeValue], ...]
+Number = int | float
+
+
+class DropReason(StrEnum):
+    MISSING = "missing"
+    NOT_A_NUMBER = "not_a_number"
+    UNMAPPED = "unmapped_value"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    NEGATIVE = "negative_for_counter"
+    MISSING_ATTRIBUTE = "missing_attribute"
+    BAD_ATTRIBUTE = "bad_attribute"
+    CARDINALITY = "cardinality_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    rule: MetricRule
+    attributes: AttributeSet
+    value: Number
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    rule: MetricRule
+    reason: DropReason
+    detail: str
+
+
+@dataclass(slots=True)
+class Evaluation:
+    points: list[Point] = field(default_factory=list)
+    drops: list[Drop] = field(default_factory=list)
+
+
+def evaluate(plan: Plan, record: Any, root: Any = MISSING) -> Evaluation:
+    """All points of one record. ``root`` is the enclosing document for history records."""
+    out = Evaluation()
+    evaluate_into(plan, record, record if root is MISSING else root, out)
+    return out
+
+
+def evaluate_into(plan: Plan, record: Any, root: Any, out: Evaluation) -> None:
+    points = out.points
+    drops = out.drops
+    for rule in plan.rules:
+        if rule.when is not None and not _holds(rule.when, record):
+            continue
+        if rule.for_each is None:
+            _evaluate_element(rule, record, record, root, points, drops)
+        else:
+            for element in rule.for_each.all(record):
+                _evaluate_element(rule, element, record, root, points, drops)
+
+
+def _evaluate_element(
+    rule: MetricRule,
+    element: Any,
+    record: Any,
+    root: Any,
+    points: list[Point],
+    drops: list[Drop],
+) -> None:
+    spec = rule.value
+    raw = spec.path.first(element)
+    if raw is MISSING or raw is None:
+        if spec.default is None:
+            if not spec.skip_missing:
+                drops.append(Drop(rule, DropReason.MISSING, f"{spec.path.text} selects nothing"))
+            return
+        raw = spec.default
+    value = to_number(spec, raw)
+    if type(value) is DropReason:
+        drops.append(Drop(rule, value, f"{spec.path.text} = {_preview(raw)}"))
+        return
+    if rule.kind is InstrumentKind.COUNTER and value < 0:  # type: ignore[operator]
+        what = "running total" if rule.mode is CounterMode.TOTAL else "increment"
+        drops.append(Drop(rule, DropReason.NEGATIVE, f"a counter {what} cannot be {value}"))
+        return
+    attributes = rule.constants
+    if attributes is None:
+        resolved = _attributes(rule.attributes, (element, record, root))
+        if type(resolved) is Drop:
+            drops.append(Drop(rule, resolved.reason, resolved.detail))
+            return
+        attributes = resolved  # type: ignore[assignment]
+    points.append(Point(rule, attributes, value))  # type: ignore[arg-type]
+
+
+def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
+    """The exported number for ``raw``, or why there is none."""
+    kind = type(raw)
+    value: Number
+    if spec.enum is not None and (kind is str or kind is bool):
+        mapped = spec.enum.get(raw if kind is str else ("true" if raw else "false"))
+        if mapped is None:
+            return DropReason.UNMAPPED
+        value = mapped
+    elif kind is float or kind is int:
+        value = raw
+        if kind is int and not -_INT64_MAX <= raw <= _INT64_MAX:
+            try:
+                value = float(raw)
+            except OverflowError:
+                return DropReason.OUT_OF_RANGE
+    elif kind is bool:
+        if not spec.booleans:
+            return DropReason.NOT_A_NUMBER
+        value = 1 if raw else 0
+    elif kind is str:
+        if not spec.parse_strings or len(raw) > 64:
+            return DropReason.NOT_A_NUMBER
+        try:
+            value = float(raw)
+        except ValueError:
+            return DropReason.NOT_A_NUMBER
+    else:
+        return DropReason.NOT_A_NUMBER
+    if spec.scale is not None:
+        value = value * spec.scale
+    if spec.offset is not None:
+        value = value + spec.offset
+    if type(value) is float and not math.isfinite(value) and not spec.keep_non_finite:
+        return DropReason.NON_FINITE
+    return value
+
+
+def _attributes(attributes: tuple[Attribute, ...], scopes: tuple[Any, Any, Any]) -> AttributeSet | Drop:
+    """``scopes`` is (element, record, root), indexed by :class:`Scope` order."""
+    out = []
+    for attribute in attributes:
+        if attribute.path is None:
+            out.append((attribute.key, attribute.constant))
+            continue
+        raw = attribute.path.first(scopes[_SCOPE_INDEX[attribute.scope]])
+        if raw is MISSING or raw is None:
+            if attribute.default is None:
+                return _bad(DropReason.MISSING_ATTRIBUTE, attribute, "selects nothing")
+            raw = attribute.default
+        kind = type(raw)
+        if kind is str:
+            if len(raw) > MAX_ATTRIBUTE_CHARS:
+                return _bad(
+                    DropReason.BAD_ATTRIBUTE, attribute,
+                    f"is {len(raw)} characters long (limit {MAX_ATTRIBUTE_CHARS})",
+                )
+        elif kind is int:
+            if not -_INT64_MAX <= raw <= _INT64_MAX:
+                raw = str(raw) if len(str(raw)) <= 64 else None
+                if raw is None:
+                    return _bad(DropReason.BAD_ATTRIBUTE, attribute, "is an enormous integer")
+        elif kind is not float and kind is not bool:
+            return _bad(
+                DropReason.BAD_ATTRIBUTE, attribute, f"is a {_json_type(raw)}, not a scalar"
+            )
+        out.append((attribute.key, raw))
+    return tuple(out)  # type: ignore[arg-type]
+
+
+def _bad(reason: DropReason, attribute: Attribute, what: str) -> Drop:
+    path = attribute.path.text if attribute.path is not None else ""
+    # The rule is filled in by the caller, which knows it; this Drop is a carrier.
+    return Drop(None, reason, f"attribute {attribute.key!r}: {path} {what}")  # type: ignore[arg-type]
+
+
+def _holds(condition: Condition, record: Any) -> bool:
+    if condition.exists is not None and condition.exists.first(record) in (MISSING, None):
+        return False
+    if condition.absent is not None and condition.absent.first(record) not in (MISSING, None):
+        return False
+    if condition.equals_path is not None:
+        found = condition.equals_path.first(record)
+        expected = condition.equals_value
+        if found is MISSING or type(found) is bool and type(expected) is not bool:
+            return False
+        return bool(found == expected)
+    return True
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _preview(raw: Any) -> str:
+    text = repr(raw) if not isinstance(raw, dict | list) else _json_type(raw)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,191 @@
+"""JSONPath expressions, compiled once when a mapping is compiled.
+
+The common forms (``$.a.b``, ``$['train/loss']``, ``$.gpus[0]``, ``$.gpus[*]``) become a
+tuple of keys walked with plain dict and list look-ups. Anything else goes to jsonpath-ng,
+after checking that the expression only selects: arithmetic and the string and length
+operators of jsonpath-ng's extended grammar are refused, so a mapping cannot compute.
+This module never touches a file; evaluating a path never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from jsonpath_ng import jsonpath as _jp
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.ext import filter as _jp_filter
+from jsonpath_ng.ext import parse as _jp_parse
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+"""Returned by :meth:`Path.first` when nothing is selected (``None`` is a JSON value)."""
+
+_WILDCARD: Final = object()
+
+_SEGMENT = re.compile(
+    r"""\.(?P<name>[A-Za-z_][A-Za-z0-9_\-]*)
+      | \.\*(?P<dotstar>)
+      | \[\s*(?:'(?P<sq>(?:[^'\\]|\\.)*)'|"(?P<dq>(?:[^"\\]|\\.)*)")\s*\]
+      | \[\s*(?P<index>-?\d+)\s*\]
+      | \[\s*\*\s*\](?P<star>)
+    """,
+    re.VERBOSE,
+)
+
+#: jsonpath-ng node types that only select. Everything else (arithmetic, `len`, `sub`,
+#: `split`, `sorted`, `str()`...) is refused at compile time.
+_SELECTING_NODES: Final = (
+    _jp.Root,
+    _jp.This,
+    _jp.Fields,
+    _jp.Index,
+    _jp.Slice,
+    _jp.Child,
+    _jp.Descendants,
+    _jp.Union,
+    _jp.Where,
+    _jp_filter.Filter,
+    _jp_filter.Expression,
+)
+
+
+class PathSyntaxError(ValueError):
+    """The expression is not a JSONPath this bridge accepts; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A compiled JSONPath. ``first`` and ``all`` never raise on any JSON input."""
+
+    text: str
+    singular: bool
+    _keys: tuple[Any, ...] | None = field(default=None, repr=False)
+    _expr: Any = field(default=None, repr=False, compare=False)
+
+    def first(self, data: Any) -> Any:
+        """The single value selected, or :data:`MISSING`."""
+        keys = self._keys
+        if keys is not None and self.singular:
+            cur = data
+            for key in keys:
+                if type(key) is str:
+                    if type(cur) is not dict:
+                        return MISSING
+                    cur = cur.get(key, MISSING)
+                    if cur is MISSING:
+                        return MISSING
+                elif type(cur) is list:
+                    try:
+                        cur = cur[key]
+                    except IndexError:
+                        return MISSING
+                else:
+                    return MISSING
+            return cur
+        found = self.all(data)
+        return found[0] if found else MISSING
+
+    def all(self, data: Any) -> list[Any]:
+        """Every value selected, in document order (possibly none)."""
+        if self._keys is not None:
+            return _walk(data, self._keys, 0)
+        try:
+            return [m.value for m in self._expr.find(data)]
+        except Exception:  # jsonpath-ng raises assorted errors on odd inputs
+            return []
+
+
+def _walk(cur: Any, keys: tuple[Any, ...], start: int) -> list[Any]:
+    for i in range(start, len(keys)):
+        key = keys[i]
+        if key is _WILDCARD:
+            if type(cur) is list:
+                children = cur
+            elif type(cur) is dict:
+                children = list(cur.values())
+            else:
+                return []
+            out: list[Any] = []
+            for child in children:
+                out.extend(_walk(child, keys, i + 1))
+            return out
+        if type(key) is str:
+            if type(cur) is not dict or key not in cur:
+                return []
+            cur = cur[key]
+        else:
+            if type(cur) is not list or not -len(cur) <= key < len(cur):
+                return []
+            cur = cur[key]
+    return [cur]
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _split_simple(text: str) -> tuple[Any, ...] | None:
+    """Keys of a simple path, or None when the path needs the full grammar."""
+    pos = 1
+    keys: list[Any] = []
+    while pos < len(text):
+        m = _SEGMENT.match(text, pos)
+        if m is None:
+            return None
+        if m.group("name") is not None:
+            keys.append(m.group("name"))
+        elif m.group("sq") is not None:
+            keys.append(_unescape(m.group("sq")))
+        elif m.group("dq") is not None:
+            keys.append(_unescape(m.group("dq")))
+        elif m.group("index") is not None:
+            keys.append(int(m.group("index")))
+        else:
+            keys.append(_WILDCARD)
+        pos = m.end()
+    return tuple(keys)
+
+
+def _check_selecting(node: Any, text: str) -> None:
+    # Exact types: jsonpath-ng's computing nodes subclass selecting ones (Sub is a This).
+    if type(node) not in _SELECTING_NODES:
+        raise PathSyntaxError(
+            f"{text!r} uses {type(node).__name__}, which computes rather than selects; "
+            "only selection (fields, indexes, slices, wildcards, filters) is allowed"
+        )
+    for attr in ("left", "right", "expressions", "expression", "target"):
+        child = getattr(node, attr, None)
+        if child is None or isinstance(child, str | int | float):
+            continue
+        for item in child if isinstance(child, list | tuple) else (child,):
+            if isinstance(item, _jp.JSONPath):
+                _check_selecting(item, text)
+
+
+def compile_path(text: str) -> Path:
+    """Compile ``text``; raise :class:`PathSyntaxError` with a readable reason."""
+    if not isinstance(text, str) or not text.startswith("$"):
+        raise PathSyntaxError(f"{text!r} is not a JSONPath; it must start with '$' (e.g. $.loss)")
+    keys = _split_simple(text)
+    if keys is not None:
+        return Path(text, singular=_WILDCARD not in keys, _keys=keys)
+    try:
+        expr = _jp_parse(text)
+    except (JsonPathLexerError, JsonPathParserError, Exception) as exc:
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        raise PathSyntaxError(f"{text!r} is not a valid JSONPath: {reason}") from None
+    _check_selecting(expr, text)
+    return Path(text, singular=False, _expr=expr)
+
+
+Getter = Callable[[Any], Any]

@@ -1,0 +1,135 @@
+"""The compiled, immutable form of a mapping: what the engine runs.
+
+A :class:`Plan` is built once per load (and per reload) by :mod:`.compiler`. Nothing in it
+is a YAML dict: paths are compiled, constants are resolved, defaults are filled in. The
+hot loop reads plain attributes of frozen, slotted dataclasses and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from translator.mapping.paths import Path
+
+AttributeValue = str | int | float | bool
+
+
+class InstrumentKind(StrEnum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    UPDOWNCOUNTER = "updowncounter"
+    HISTOGRAM = "histogram"
+
+
+class CounterMode(StrEnum):
+    TOTAL = "total"
+    INCREMENT = "increment"
+
+
+class Scope(StrEnum):
+    """What a path is evaluated on."""
+
+    ELEMENT = "element"  # the for_each element; the record when there is no for_each
+    RECORD = "record"  # the record: the document, or one entry of a history array / JSONL
+    ROOT = "root"  # the whole document
+
+
+class SourceFormat(StrEnum):
+    DOCUMENT = "document"
+    JSONL = "jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One attribute: a constant (resolved at compile time) or a path read per record."""
+
+    key: str
+    constant: AttributeValue | None = None
+    path: Path | None = None
+    scope: Scope = Scope.ELEMENT
+    default: AttributeValue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A record filter; every part that is set must hold."""
+
+    exists: Path | None = None
+    absent: Path | None = None
+    equals_path: Path | None = None
+    equals_value: AttributeValue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSpec:
+    """Where a value is and how it becomes a number."""
+
+    path: Path
+    enum: dict[str, float] | None = None
+    parse_strings: bool = False
+    booleans: bool = False
+    scale: float | None = None
+    offset: float | None = None
+    default: float | None = None
+    skip_missing: bool = False
+    keep_non_finite: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRule:
+    """One entry of ``metrics:``; several rules may feed the same instrument (same name)."""
+
+    index: int
+    name: str
+    kind: InstrumentKind
+    unit: str
+    description: str
+    value: ValueSpec
+    mode: CounterMode | None
+    buckets: tuple[float, ...] | None
+    for_each: Path | None
+    when: Condition | None
+    attributes: tuple[Attribute, ...]
+    """Every attribute (common ones merged in, the rule's own win), sorted by key."""
+    constants: tuple[tuple[str, AttributeValue], ...] | None
+    """The attribute set itself when every attribute is known at compile time, else None."""
+    max_series: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    path: str
+    path_from_mapping: bool
+    format: SourceFormat
+    version_path: Path | None
+    records: Path | None
+    record_key: tuple[Path, ...]
+    start_at_end: bool
+    max_bytes: int
+    stale_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentSpec:
+    """What the OpenTelemetry SDK instrument is created with; one per distinct name."""
+
+    name: str
+    kind: InstrumentKind
+    unit: str
+    description: str
+    mode: CounterMode | None
+    buckets: tuple[float, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    mapping_file: str
+    source: SourceSpec
+    resource: tuple[Attribute, ...]
+    rules: tuple[MetricRule, ...]
+    instruments: tuple[InstrumentSpec, ...]
+
+    @property
+    def needs_document_for_resource(self) -> bool:
+        return any(a.path is not None for a in self.resource)
