@@ -27,11 +27,11 @@ class ConfigError(BridgeError):
 
 
 class SettingsError(ConfigError):
-    """A setting (environment variable or command-line flag) has a bad value."""
+    """Settings (environment variables or flags) with bad values; ``problems`` has each."""
 
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.name = name
+    def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(f"{name}: {message}" for name, message in self.problems))
 
 
 @dataclass(frozen=True, slots=True)

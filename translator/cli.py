@@ -1,0 +1,314 @@
+"""The command line: ``run``, ``validate``, ``preview``, ``demo`` and ``simulate``.
+
+``main()`` is ``sys.exit(run(argv, stdout, stderr))`` so tests call :func:`run` in-process.
+Exit status: 0 success, 1 a run that could not deliver (``--once``), 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TextIO
+
+from translator import __version__
+from translator.engine import Evaluation, evaluate_into
+from translator.errors import ConfigError, MappingError, Problem, SourceError
+from translator.logs import configure as configure_logging
+from translator.mapping import Plan, load_plan
+from translator.mapping.plan import SourceFormat
+from translator.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+_MAPPING_SUFFIXES = (".yaml", ".yml")
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:], sys.stdout, sys.stderr))
+
+
+def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return int(args.handler(args, stdout, stderr))
+    except ConfigError as exc:
+        stderr.write(f"ml-metrics-bridge: configuration error:\n{exc}\n")
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ml-metrics-bridge",
+        description="Turn ML-training JSON metric files into OpenTelemetry metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("run", help="run the sidecar (settings from the environment)")
+    p.add_argument("--mapping", metavar="PATH", help="mapping file or directory (default: $MAPPING_PATH)")
+    p.add_argument("--once", action="store_true", help="read every source once, export, exit")
+    p.set_defaults(handler=_run)
+
+    p = commands.add_parser("validate", help="load and compile mapping files; report every error")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="mapping files or directories")
+    p.set_defaults(handler=_validate)
+
+    p = commands.add_parser("preview", help="show the data points one read of INPUT gives")
+    p.add_argument("--mapping", metavar="PATH", required=True)
+    p.add_argument("input", metavar="INPUT", help="a JSON document or JSON Lines file")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=_preview)
+
+    p = commands.add_parser("demo", help="simulated training job + bridge printing to the console")
+    p.add_argument("--duration-s", type=float, default=0, help="stop after this long (0: Ctrl-C)")
+    p.add_argument("--interval-s", type=float, default=1.0, help="seconds between documents")
+    p.set_defaults(handler=_demo)
+
+    p = commands.add_parser("simulate", help="write the brief's document repeatedly (a mock job)")
+    p.add_argument("--output", required=True, metavar="PATH")
+    p.add_argument("--interval-s", type=float, default=10.0)
+    p.add_argument("--count", type=int, default=0, help="stop after this many writes (0: never)")
+    p.add_argument("--atomic", action="store_true", help="write a temporary file and rename it")
+    p.set_defaults(handler=_simulate)
+    return parser
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    settings = load_settings(mapping_path=args.mapping)
+    return _run_bridge(settings, stdout, stderr, once=args.once)
+
+
+def _run_bridge(
+    settings: Settings, stdout: TextIO, stderr: TextIO, *, once: bool, duration_s: float = 0
+) -> int:
+    from translator.runtime import Bridge, install_signal_handlers
+
+    configure_logging(settings.log_level, settings.log_format, stderr)
+    plans = load_plans(settings.mapping_path, settings)
+    bridge = Bridge(settings, plans, console=stdout)
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers(bridge.stop)
+    if duration_s:
+        timer = threading.Timer(duration_s, bridge.stop)
+        timer.daemon = True
+        timer.start()
+    log = logging.getLogger("translator")
+    log.info(
+        "ml-metrics-bridge %s: %d mapping(s) from %s, exporters %s, every %g s",
+        __version__, len(plans), settings.mapping_path,
+        ",".join(settings.export.exporters) or "none", settings.collection_interval_s,
+    )
+    return bridge.run(once=once)
+
+
+def mapping_files(path: str) -> list[str]:
+    """A mapping file, or the mapping files of a directory (recursively, dot-entries skipped:
+    a mounted ConfigMap keeps its real files under ``..data``)."""
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            os.path.join(folder, f) for f in sorted(files)
+            if f.endswith(_MAPPING_SUFFIXES) and not f.startswith(".")
+            and f not in ("kustomization.yaml", "kustomization.yml")
+        ]
+    return found
+
+
+def load_plans(path: str, settings: Settings | None = None) -> list[Plan]:
+    """Every mapping under ``path``; MappingError lists the problems of all of them."""
+    files = mapping_files(path)
+    if not files:
+        raise MappingError([Problem(path, None, "", "no mapping files (*.yaml, *.yml) here")])
+    plans, problems = [], []
+    default_source = settings.metrics_file_path if settings else None
+    for file in files:
+        try:
+            plans.append(
+                load_plan(file, default_source_path=default_source)
+                if default_source else load_plan(file)
+            )
+        except MappingError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise MappingError(problems)
+    return plans
+
+
+# --- validate -----------------------------------------------------------------------------
+
+
+class _AnyEnvironment(Mapping[str, str]):
+    """For ``validate``: a CI machine lacks the pod's variables, which is not an error."""
+
+    def __getitem__(self, key: str) -> str:
+        return os.environ.get(key, f"<{key}>")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+
+def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    files = [f for path in args.paths for f in mapping_files(path)]
+    bad = 0
+    for file in files:
+        try:
+            load_plan(file, environ=_AnyEnvironment())
+        except MappingError as exc:
+            bad += 1
+            for problem in exc.problems:
+                stdout.write(f"{problem}\n")
+    if not files:
+        stderr.write("no mapping files found in: " + ", ".join(args.paths) + "\n")
+        return EXIT_CONFIG
+    summary = f"{len(files) - bad} of {len(files)} mapping file(s) valid"
+    stderr.write(summary + "\n")
+    return EXIT_CONFIG if bad else EXIT_OK
+
+
+# --- preview ------------------------------------------------------------------------------
+
+
+def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    (plan,) = load_plans(args.mapping)[:1]
+    try:
+        records, root_of = _read_input(plan, args.input)
+    except (OSError, SourceError, ValueError) as exc:
+        stderr.write(f"ml-metrics-bridge: cannot read {args.input}: {exc}\n")
+        return EXIT_FAILED
+    rows: list[dict[str, Any]] = []
+    series: dict[str, set[Any]] = {}
+    for number, record in enumerate(records):
+        evaluation = Evaluation()
+        evaluate_into(plan, record, root_of(record), evaluation)
+        for point in evaluation.points:
+            series.setdefault(point.rule.name, set()).add(point.attributes)
+            rows.append(_row(number, point.rule, point.value, dict(point.attributes)))
+        for drop in evaluation.drops:
+            row = _row(number, drop.rule, None, {})
+            row["dropped"] = {"reason": drop.reason.value, "detail": drop.detail,
+                              "rule": f"metrics[{drop.rule.index}]"}
+            rows.append(row)
+    if args.format == "json":
+        json.dump(rows, stdout, indent=2, default=str)
+        stdout.write("\n")
+    else:
+        _print_table(rows, series, plan, stdout)
+    return EXIT_OK
+
+
+def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "record": record,
+        "name": rule.name,
+        "type": rule.kind.value,
+        "unit": rule.unit,
+        "value": value,
+        "attributes": attributes,
+    }
+
+
+def _read_input(plan: Plan, path: str) -> tuple[list[Any], Any]:
+    from translator.sources import parse_json
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if plan.source.format is SourceFormat.JSONL:
+        records = [parse_json(line) for line in data.splitlines() if line.strip()]
+        return records, lambda record: record
+    document = parse_json(data)
+    if plan.source.records is not None:
+        return plan.source.records.all(document), lambda record: document
+    return [document], lambda record: document
+
+
+def _print_table(
+    rows: list[dict[str, Any]], series: dict[str, set[Any]], plan: Plan, out: TextIO
+) -> None:
+    points = [r for r in rows if "dropped" not in r]
+    dropped = [r for r in rows if "dropped" in r]
+    width = max([len(r["name"]) for r in rows] + [6])
+    out.write(f"{'REC':>4}  {'METRIC':<{width}}  {'TYPE':<13} {'VALUE':>12}  ATTRIBUTES\n")
+    for r in points:
+        attrs = " ".join(f"{k}={v}" for k, v in r["attributes"].items())
+        unit = f" {r['unit']}" if r["unit"] else ""
+        value = f"{r['value']:g}" if isinstance(r["value"], float) else str(r["value"])
+        out.write(f"{r['record']:>4}  {r['name']:<{width}}  {r['type']:<13} {value + unit:>12}  {attrs}\n")
+    if dropped:
+        out.write(f"\ndropped ({len(dropped)}):\n")
+        for r in dropped:
+            d = r["dropped"]
+            out.write(f"{r['record']:>4}  {r['name']:<{width}}  {d['rule']}: {d['reason']}: {d['detail']}\n")
+    counts = Counter({name: len(s) for name, s in series.items()})
+    out.write("\nseries per metric (distinct attribute sets):\n")
+    for instrument in plan.instruments:
+        n = counts.get(instrument.name, 0)
+        warn = "   <- high cardinality" if n > 100 else ""
+        out.write(f"  {instrument.name:<{width}}  {n}{warn}\n")
+
+
+# --- demo and simulate --------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from translator.simulate import run_simulator
+
+    with tempfile.TemporaryDirectory(prefix="ml-metrics-bridge-demo-") as folder:
+        path = os.path.join(folder, "current.json")
+        environ = dict(os.environ)
+        environ.update(METRICS_FILE_PATH=path, OTEL_METRICS_EXPORTER="console")
+        environ.setdefault("COLLECTION_INTERVAL", str(args.interval_s))
+        settings = load_settings(environ)
+        settings = replace(settings, metrics_file_path=path)
+        stdout.write(
+            f"demo: a simulated training job writes {path} every {args.interval_s:g} s;\n"
+            f"the bridge maps it with {settings.mapping_path}\n"
+            "and prints each export below (Ctrl-C to stop).\n"
+        )
+        stdout.flush()
+        stop = threading.Event()
+        writer = threading.Thread(
+            target=run_simulator, args=(path,),
+            kwargs={"interval_s": args.interval_s, "stop": stop}, daemon=True,
+        )
+        writer.start()
+        try:
+            return _run_bridge(settings, stdout, stderr, once=False, duration_s=args.duration_s)
+        finally:
+            stop.set()
+            writer.join(timeout=2)
+
+
+def _simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from translator.simulate import run_simulator
+
+    stop = threading.Event()
+    try:
+        run_simulator(
+            args.output, interval_s=args.interval_s, stop=stop, count=args.count,
+            atomic=args.atomic,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+    return EXIT_OK

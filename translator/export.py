@@ -1,0 +1,288 @@
+"""Wire the OpenTelemetry SDK: resource, meter provider, readers and exporters.
+
+Exports happen when the runtime asks (:meth:`Pipeline.export`): right after a new
+version is applied, and as a heartbeat every collection interval. The SDK's own 60 s
+timer is not used. Exporter failures are logged here once per outage, with a count on
+recovery, instead of a line per attempt; the values of OTLP headers are never logged.
+Heavy exporter modules (gRPC, HTTP, Prometheus) are imported only when configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+from translator import __version__
+from translator.settings import ExportSettings
+from translator.selfmetrics import Stats
+
+_log = logging.getLogger(__name__)
+METER_NAME = "ml-metrics-bridge"
+SELF_METER_NAME = "ml-metrics-bridge.self"
+"""The bridge's own metrics live in their own instrumentation scope."""
+
+
+def build_resource(attributes: Mapping[str, Any]) -> Resource:
+    """SDK defaults < the mapping's ``resource:`` < OTEL_RESOURCE_ATTRIBUTES < OTEL_SERVICE_NAME."""
+    return Resource.create(dict(attributes)).merge(OTELResourceDetector().detect())
+
+
+class _LastMessage(logging.Handler):
+    """Keeps the SDK exporters' latest complaint instead of printing one per retry."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.message = record.getMessage()
+        except Exception:  # a malformed record must not break exporting
+            self.message = str(record.msg)
+
+
+_SDK_EXPORTER_LOG = _LastMessage()
+for _name in ("opentelemetry.exporter.otlp", "opentelemetry.sdk.metrics._internal.export"):
+    _logger = logging.getLogger(_name)
+    _logger.addHandler(_SDK_EXPORTER_LOG)
+    _logger.propagate = False
+
+
+class _ObservedExporter(MetricExporter):
+    """Delegates to a real exporter and keeps score of what happened."""
+
+    def __init__(self, inner: MetricExporter, target: str, stats: Stats) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self.target = target
+        self._stats = stats
+        self.failing_since: float | None = None
+        self.failures_in_outage = 0
+        self.last_ok: bool | None = None
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        _SDK_EXPORTER_LOG.message = ""
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis)
+        except Exception as exc:  # an exporter bug must not stop the bridge
+            _SDK_EXPORTER_LOG.message = f"{type(exc).__name__}: {exc}"
+            result = MetricExportResult.FAILURE
+        ok = result is MetricExportResult.SUCCESS
+        self._record(ok)
+        return result
+
+    def _record(self, ok: bool) -> None:
+        self.last_ok = ok
+        self._stats.exports["success" if ok else "failure"] += 1
+        if ok:
+            if self.failing_since is not None:
+                _log.info(
+                    "export to %s recovered after %d failed attempts over %.0f s",
+                    self.target, self.failures_in_outage, time.monotonic() - self.failing_since,
+                )
+            self.failing_since, self.failures_in_outage = None, 0
+            return
+        self.failures_in_outage += 1
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            reason = _SDK_EXPORTER_LOG.message or "no detail from the exporter"
+            _log.warning(
+                "export to %s failed: %s; retrying at every collection (logged once per outage)",
+                self.target, reason,
+            )
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return bool(self._inner.force_flush(timeout_millis=timeout_millis))
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis)
+
+
+class CompactConsoleExporter(MetricExporter):
+    """One line per data point: ``name{attr=value,...} value``, for people watching a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._out = out
+        self._printed_resource = False
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        lines = []
+        for resource_metrics in metrics_data.resource_metrics:
+            if not self._printed_resource:
+                self._printed_resource = True
+                attrs = _format_attributes(resource_metrics.resource.attributes)
+                lines.append(f"resource {attrs}")
+            for scope_metrics in resource_metrics.scope_metrics:
+                if scope_metrics.scope.name == SELF_METER_NAME:
+                    continue  # people watching a terminal want the training metrics
+                for metric in sorted(scope_metrics.metrics, key=lambda m: m.name):
+                    unit = f" [{metric.unit}]" if metric.unit else ""
+                    for point in metric.data.data_points:
+                        lines.append(f"  {metric.name}{_format_attributes(point.attributes)} "
+                                     f"{_format_point(point)}{unit}")
+        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        self._out.write(f"--- export at {stamp} UTC: {len(lines)} lines\n" + "\n".join(lines) + "\n")
+        self._out.flush()
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+def _format_attributes(attributes: Mapping[str, Any] | None) -> str:
+    if not attributes:
+        return ""
+    return "{" + ",".join(f"{k}={v}" for k, v in sorted(attributes.items())) + "}"
+
+
+def _format_point(point: Any) -> str:
+    if isinstance(point, NumberDataPoint):
+        return f"{point.value:g}" if isinstance(point.value, float) else str(point.value)
+    if isinstance(point, HistogramDataPoint):
+        return f"count={point.count} sum={point.sum:g} min={point.min:g} max={point.max:g}"
+    return str(point)
+
+
+class Pipeline:
+    """The meter provider with its readers; ``export`` pushes to every push exporter now."""
+
+    def __init__(
+        self, settings: ExportSettings, resource: Resource, *, stats: Stats, console: TextIO
+    ) -> None:
+        self.settings = settings
+        self._push: list[PeriodicExportingMetricReader] = []
+        self._observed: list[_ObservedExporter] = []
+        readers: list[MetricReader] = []
+        for name in settings.exporters:
+            if name == "prometheus":
+                readers.append(_prometheus_reader(settings))
+                continue
+            if name == "otlp":
+                inner, target = _otlp_exporter(settings)
+            else:
+                inner, target = CompactConsoleExporter(console), "console"
+            observed = _ObservedExporter(inner, target, stats)
+            reader = PeriodicExportingMetricReader(observed, export_interval_millis=math.inf)
+            self._observed.append(observed)
+            self._push.append(reader)
+            readers.append(reader)
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self.meter = self.meter_provider.get_meter(METER_NAME, __version__)
+        self.self_meter = self.meter_provider.get_meter(SELF_METER_NAME, __version__)
+        self._lock = threading.Lock()
+
+    @property
+    def last_export_ok(self) -> bool | None:
+        """None before any push export, else whether every exporter's last export succeeded."""
+        outcomes = [e.last_ok for e in self._observed if e.last_ok is not None]
+        return None if not outcomes else all(outcomes)
+
+    def export(self, timeout_s: float) -> bool:
+        """Collect and push now; True when every push exporter succeeded (or there is none).
+
+        Waits at most ``timeout_s`` for an export already under way on another thread.
+        """
+        if not self._lock.acquire(timeout=max(timeout_s, 0.0)):
+            return False
+        try:
+            for reader in self._push:
+                try:
+                    reader.collect(timeout_millis=timeout_s * 1000)
+                except Exception as exc:  # collection timeouts and SDK errors: try next time
+                    _log.warning("metric collection failed: %s", exc)
+        finally:
+            self._lock.release()
+        return self.last_export_ok is not False
+
+    def shutdown(self, timeout_s: float) -> None:
+        try:
+            self.meter_provider.shutdown(timeout_millis=timeout_s * 1000)
+        except Exception as exc:  # shutting down must not fail the exit
+            _log.warning("exporter shutdown: %s", exc)
+
+
+def _otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        credentials = None
+        if not settings.insecure:
+            import grpc
+
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(settings.certificate_file),
+                private_key=_read(settings.client_key_file),
+                certificate_chain=_read(settings.client_certificate_file),
+            )
+        grpc_exporter = OTLPMetricExporter(
+            endpoint=settings.endpoint,
+            insecure=settings.insecure,
+            credentials=credentials,
+            headers=dict(settings.headers),
+            timeout=settings.timeout_s,
+        )
+        return grpc_exporter, f"{settings.endpoint} (OTLP/gRPC)"
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpExporter,
+    )
+
+    http_exporter = HttpExporter(
+        endpoint=settings.endpoint,
+        certificate_file=settings.certificate_file,
+        client_certificate_file=settings.client_certificate_file,
+        client_key_file=settings.client_key_file,
+        headers=dict(settings.headers),
+        timeout=settings.timeout_s,
+    )
+    return http_exporter, f"{settings.endpoint} (OTLP/HTTP)"
+
+
+def _prometheus_reader(settings: ExportSettings) -> MetricReader:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import start_http_server
+
+    start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
+    _log.info(
+        "serving Prometheus metrics on http://%s:%d/metrics",
+        settings.prometheus_host, settings.prometheus_port,
+    )
+    return PrometheusMetricReader()
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def resource_attributes(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in pairs if v is not None}

@@ -1,0 +1,225 @@
+"""The OpenTelemetry instruments a plan declares, and the state they report.
+
+Gauges, up-down counters and counters are *observable*: they report the newest values
+this registry holds, so a series the newest document no longer has simply stops being
+reported (no ghost series), and a file that went stale takes its series with it.
+Counters keep their own cumulative state here: a running total from the file is reported
+as is, and a total that goes down starts a new run on top of the old one (a reset is
+never a negative add). Histograms are synchronous: each observation is recorded once.
+
+This is the only module that calls the OpenTelemetry metrics API for mapped metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from translator.engine import AttributeSet, Drop, DropReason, Point
+from translator.mapping.plan import CounterMode, InstrumentKind, InstrumentSpec, Plan
+
+_log = logging.getLogger(__name__)
+
+
+class InstrumentConflict(ValueError):
+    """A new plan redeclares an existing instrument with another type, unit or buckets."""
+
+
+@dataclass(slots=True)
+class _Series:
+    attributes: dict[str, Any]
+    value: float | int = 0
+    base: float | int = 0
+    """Counters in total mode: what earlier runs (before a reset) added up to."""
+
+
+@dataclass(slots=True)
+class _Instrument:
+    spec: InstrumentSpec
+    max_series: int
+    sdk: Any = None
+    by_source: dict[str, dict[AttributeSet, _Series]] = field(default_factory=dict)
+    histogram_series: dict[AttributeSet, dict[str, Any]] = field(default_factory=dict)
+    retired: bool = False
+    overflow_warned: bool = False
+
+    def live_count(self) -> int:
+        if self.spec.kind is InstrumentKind.HISTOGRAM:
+            return len(self.histogram_series)
+        return sum(len(s) for s in self.by_source.values())
+
+
+class InstrumentRegistry:
+    """Creates instruments from plans and applies data points to them.
+
+    ``apply`` runs on the reading thread, the observable callbacks on the export thread;
+    one lock keeps them apart. Neither raises on data.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+        self._lock = threading.Lock()
+        self._instruments: dict[str, _Instrument] = {}
+
+    # --- plans ---------------------------------------------------------------------------
+
+    def check(self, plan: Plan) -> None:
+        """Raise :class:`InstrumentConflict` if ``plan`` cannot be installed over this one."""
+        for spec in plan.instruments:
+            current = self._instruments.get(spec.name)
+            if current is not None and _identity(current.spec) != _identity(spec):
+                raise InstrumentConflict(
+                    f"instrument {spec.name!r} would change from {_describe(current.spec)} to "
+                    f"{_describe(spec)}; the OpenTelemetry SDK cannot redefine an instrument "
+                    "in a running process: rename it, or restart the bridge"
+                )
+
+    def install(self, plan: Plan) -> None:
+        """Make ``plan``'s instruments the live ones; others stop reporting."""
+        self.check(plan)
+        max_series = plan.rules[0].max_series if plan.rules else 1000
+        wanted = {spec.name: spec for spec in plan.instruments}
+        with self._lock:
+            for name, instrument in self._instruments.items():
+                if name not in wanted:
+                    instrument.retired = True
+                    instrument.by_source.clear()
+            for name, spec in wanted.items():
+                instrument = self._instruments.get(name)
+                if instrument is None:
+                    instrument = _Instrument(spec, max_series)
+                    instrument.sdk = self._create(instrument)
+                    self._instruments[name] = instrument
+                instrument.retired = False
+                instrument.max_series = max_series
+
+    def _create(self, instrument: _Instrument) -> Any:
+        spec = instrument.spec
+        kw: dict[str, Any] = {"name": spec.name, "unit": spec.unit, "description": spec.description}
+        callback = self._callback(instrument)
+        if spec.kind is InstrumentKind.GAUGE:
+            return self._meter.create_observable_gauge(callbacks=[callback], **kw)
+        if spec.kind is InstrumentKind.COUNTER:
+            return self._meter.create_observable_counter(callbacks=[callback], **kw)
+        if spec.kind is InstrumentKind.UPDOWNCOUNTER:
+            return self._meter.create_observable_up_down_counter(callbacks=[callback], **kw)
+        return self._meter.create_histogram(
+            explicit_bucket_boundaries_advisory=list(spec.buckets or ()), **kw
+        )
+
+    def _callback(self, instrument: _Instrument) -> Any:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                if instrument.retired:
+                    return []
+                return [
+                    Observation(series.base + series.value, series.attributes)
+                    for by_attrs in instrument.by_source.values()
+                    for series in by_attrs.values()
+                ]
+
+        return observe
+
+    # --- data ----------------------------------------------------------------------------
+
+    def apply(self, source: str, points: list[Point], *, replaces: bool) -> list[Drop]:
+        """Apply one read's points. ``replaces``: they are the source's whole current state.
+
+        Returns the points refused by the cardinality guard, as drops.
+        """
+        drops: list[Drop] = []
+        with self._lock:
+            fresh: dict[str, dict[AttributeSet, _Series]] = {}
+            for point in points:
+                instrument = self._instruments.get(point.rule.name)
+                if instrument is None or instrument.retired:
+                    continue
+                spec = instrument.spec
+                if spec.kind is InstrumentKind.HISTOGRAM:
+                    attrs = instrument.histogram_series.get(point.attributes)
+                    if attrs is None:
+                        if self._over_limit(instrument, point, drops):
+                            continue
+                        attrs = instrument.histogram_series[point.attributes] = dict(
+                            point.attributes
+                        )
+                    instrument.sdk.record(point.value, attrs)
+                    continue
+                old = instrument.by_source.get(source)
+                if replaces and spec.mode is not CounterMode.INCREMENT:
+                    target = fresh.setdefault(spec.name, {})
+                elif old is None:
+                    target = old = instrument.by_source[source] = {}
+                else:
+                    target = old
+                series = target.get(point.attributes)
+                if series is None:
+                    # A series seen in the previous read carries on (counters keep their run).
+                    series = old.get(point.attributes) if old is not None else None
+                    if series is None:
+                        if self._over_limit(instrument, point, drops):
+                            continue
+                        series = _Series(dict(point.attributes))
+                    target[point.attributes] = series
+                _update(spec, series, point.value)
+            if replaces:
+                for instrument in self._instruments.values():
+                    if instrument.spec.mode is CounterMode.INCREMENT or (
+                        instrument.spec.kind is InstrumentKind.HISTOGRAM
+                    ):
+                        continue
+                    replacement = fresh.get(instrument.spec.name)
+                    if replacement:
+                        instrument.by_source[source] = replacement
+                    else:
+                        instrument.by_source.pop(source, None)
+        return drops
+
+    def forget(self, source: str) -> None:
+        """Stop reporting everything ``source`` contributed (stale, or gone)."""
+        with self._lock:
+            for instrument in self._instruments.values():
+                instrument.by_source.pop(source, None)
+
+    def series_count(self, name: str) -> int:
+        with self._lock:
+            instrument = self._instruments.get(name)
+            return 0 if instrument is None else instrument.live_count()
+
+    def _over_limit(self, instrument: _Instrument, point: Point, drops: list[Drop]) -> bool:
+        if instrument.live_count() < instrument.max_series:
+            return False
+        detail = (
+            f"{instrument.spec.name} already has {instrument.max_series} series "
+            "(limits.max_series_per_metric); is an attribute taken from a per-step value?"
+        )
+        if not instrument.overflow_warned:
+            instrument.overflow_warned = True
+            _log.warning("cardinality limit reached: %s; new series are dropped", detail)
+        drops.append(Drop(point.rule, DropReason.CARDINALITY, detail))
+        return True
+
+
+def _update(spec: InstrumentSpec, series: _Series, value: float | int) -> None:
+    if spec.mode is CounterMode.INCREMENT:
+        series.value += value
+    elif spec.kind is InstrumentKind.COUNTER and value < series.value:
+        # The job restarted (e.g. from a checkpoint): a new run on top of the old one.
+        series.base += series.value
+        series.value = value
+    else:
+        series.value = value
+
+
+def _identity(spec: InstrumentSpec) -> tuple[Any, ...]:
+    return (spec.kind, spec.unit, spec.mode, spec.buckets)
+
+
+def _describe(spec: InstrumentSpec) -> str:
+    mode = f" ({spec.mode})" if spec.mode else ""
+    return f"{spec.kind}{mode} unit {spec.unit!r}"

@@ -1,0 +1,250 @@
+"""The sidecar's main loop: poll sources, apply new versions, export, stop cleanly.
+
+Two threads: this one reads files and applies what is new; an export thread pushes
+right after new data (so a new version leaves within milliseconds, not at the SDK's
+60 s timer) and as a heartbeat every collection interval. SIGTERM or SIGINT stops the
+reading, then one last export is made within a bounded time, and the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from translator.engine import Evaluation, evaluate_into
+from translator.errors import ConfigError, DocumentInvalid, SourceError
+from translator.export import Pipeline, build_resource
+from translator.instruments import InstrumentConflict, InstrumentRegistry
+from translator.logs import Throttled
+from translator.mapping.paths import MISSING
+from translator.mapping.plan import Plan
+from translator.selfmetrics import Stats
+from translator.settings import Settings
+from translator.sources import DocumentSource, SourceMissing
+
+_log = logging.getLogger("translator")
+
+#: How long the last export on shutdown may take: well inside Kubernetes' default 30 s grace.
+SHUTDOWN_EXPORT_S = 5.0
+#: After a half-written document, read again this soon rather than a whole interval later.
+RETRY_SOON_S = 0.1
+
+
+@dataclass(slots=True)
+class _Tracked:
+    source: DocumentSource
+    newest_at: float = field(default_factory=time.monotonic)
+    stale: bool = False
+
+
+@dataclass(slots=True)
+class _Job:
+    plan: Plan
+    sources: dict[str, _Tracked] = field(default_factory=dict)
+
+
+class Bridge:
+    """Everything one sidecar process runs; ``run`` returns the exit status."""
+
+    def __init__(self, settings: Settings, plans: list[Plan], *, console: TextIO) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self._console = console
+        self._jobs = [_Job(plan) for plan in plans]
+        self._stop = threading.Event()
+        self._export_wanted = threading.Event()
+        self._pipeline: Pipeline | None = None
+        self._registry: InstrumentRegistry | None = None
+        self._throttle = Throttled(_log)
+        self.loop_heartbeat = time.monotonic()
+        for job in self._jobs:
+            self._warn_path_override(job.plan)
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._pipeline is not None and self._pipeline.last_export_ok is not False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._export_wanted.set()
+
+    def run(self, *, once: bool = False) -> int:
+        """Poll until stopped (or once); 0 on a clean stop, 1 if ``once`` could not deliver."""
+        if not any(p.needs_document_for_resource for p in self.plans):
+            self._start_pipeline(None)
+        exporter: threading.Thread | None = None
+        if not once:
+            exporter = threading.Thread(target=self._export_loop, name="export", daemon=True)
+            exporter.start()
+        clean = True
+        while True:
+            self.loop_heartbeat = time.monotonic()
+            retry_soon, clean = self._poll_all()
+            if once:
+                break
+            delay = RETRY_SOON_S if retry_soon else self.settings.collection_interval_s
+            if self._stop.wait(delay):
+                break
+        deadline = time.monotonic() + SHUTDOWN_EXPORT_S
+        self._export_wanted.set()
+        if exporter is not None:
+            exporter.join(timeout=SHUTDOWN_EXPORT_S / 2)
+        return self._finish(once=once, clean=clean, deadline=deadline)
+
+    @property
+    def plans(self) -> list[Plan]:
+        return [job.plan for job in self._jobs]
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _poll_all(self) -> tuple[bool, bool]:
+        """Poll every source once; returns (read again soon, every source was read)."""
+        retry_soon = False
+        all_read = True
+        now = time.monotonic()
+        for job in self._jobs:
+            for path in self._paths(job):
+                tracked = job.sources.get(path)
+                if tracked is None:
+                    tracked = job.sources[path] = _Tracked(DocumentSource(path, job.plan.source))
+                try:
+                    snapshot = tracked.source.poll()
+                except SourceError as exc:
+                    all_read = False
+                    retry_soon |= isinstance(exc, DocumentInvalid)
+                    self._read_failed(path, exc)
+                    snapshot = None
+                else:
+                    if self._throttle.clear(("read", path)):
+                        _log.info("%s: reading again", path, extra={"source": path})
+                if snapshot is not None:
+                    if self._registry is None:
+                        self._start_pipeline(snapshot.root)
+                    self._apply(job, path, snapshot)
+                    tracked.newest_at, tracked.stale = now, False
+                    self._export_wanted.set()
+                self._expire(job, path, tracked, now)
+        return retry_soon, all_read
+
+    def _paths(self, job: _Job) -> list[str]:
+        return [job.plan.source.path]
+
+    def _read_failed(self, path: str, exc: SourceError) -> None:
+        kind = "missing" if isinstance(exc, SourceMissing) else (
+            "invalid" if isinstance(exc, DocumentInvalid) else "unavailable"
+        )
+        self.stats.read_errors[(path, kind)] += 1
+        level = logging.INFO if kind == "missing" else logging.WARNING
+        self._throttle.log(level, ("read", path), "%s", str(exc), source=path)
+
+    def _apply(self, job: _Job, path: str, snapshot: Any) -> None:
+        assert self._registry is not None
+        evaluation = Evaluation()
+        for record in snapshot.records:
+            evaluate_into(job.plan, record, snapshot.root, evaluation)
+        drops = evaluation.drops + self._registry.apply(
+            path, evaluation.points, replaces=snapshot.replaces
+        )
+        stats = self.stats
+        stats.records_read[path] += len(snapshot.records)
+        stats.newest_data[path] = snapshot.read_at
+        emitted = stats.points_emitted
+        for point in evaluation.points:
+            emitted[point.rule.name] += 1
+        for drop in drops:
+            rule = f"metrics[{drop.rule.index}]"
+            stats.points_dropped[(drop.rule.name, rule, drop.reason.value)] += 1
+            self._throttle.log(
+                logging.WARNING, ("drop", path, drop.rule.index, drop.reason),
+                "%s: %s %s: point dropped (%s): %s",
+                path, rule, drop.rule.name, drop.reason.value, drop.detail,
+                source=path, rule=rule,
+            )
+
+    def _expire(self, job: _Job, path: str, tracked: _Tracked, now: float) -> None:
+        stale_after = job.plan.source.stale_after_s
+        if tracked.stale or stale_after <= 0 or now - tracked.newest_at < stale_after:
+            return
+        tracked.stale = True
+        if self._registry is not None:
+            self._registry.forget(path)
+        _log.warning(
+            "%s: no new data for %.0f s (source.stale_after_s); its series are no longer "
+            "exported until it changes again", path, stale_after, extra={"source": path},
+        )
+
+    def _warn_path_override(self, plan: Plan) -> None:
+        s = self.settings
+        if plan.source.path_from_mapping and s.metrics_file_path_set and (
+            s.metrics_file_path != plan.source.path
+        ):
+            _log.warning(
+                "%s: source.path %s is set in the mapping; METRICS_FILE_PATH=%s is ignored for it",
+                plan.mapping_file, plan.source.path, s.metrics_file_path,
+            )
+
+    # --- exporting ------------------------------------------------------------------------
+
+    def _start_pipeline(self, document: Any) -> None:
+        attributes: dict[str, Any] = {}
+        for plan in self.plans:
+            for attribute in plan.resource:
+                if attribute.path is None:
+                    attributes[attribute.key] = attribute.constant
+                else:
+                    value = attribute.path.first(document) if document is not None else MISSING
+                    if value is MISSING or isinstance(value, dict | list) or value is None:
+                        value = attribute.default
+                    if value is not None:
+                        attributes[attribute.key] = value
+        self._pipeline = Pipeline(
+            self.settings.export, build_resource(attributes), stats=self.stats,
+            console=self._console,
+        )
+        self.stats.register(self._pipeline.self_meter)
+        registry = InstrumentRegistry(self._pipeline.meter)
+        for plan in self.plans:
+            try:
+                registry.install(plan)
+            except InstrumentConflict as exc:
+                raise ConfigError(f"{plan.mapping_file}: {exc}") from None
+        self._registry = registry
+
+    def _export_loop(self) -> None:
+        interval = self.settings.collection_interval_s
+        while not self._stop.is_set():
+            self._export_wanted.wait(timeout=interval)
+            self._export_wanted.clear()
+            if self._stop.is_set():
+                break
+            if self._pipeline is not None:
+                self._pipeline.export(timeout_s=self.settings.export.timeout_s)
+
+    def _finish(self, *, once: bool, clean: bool, deadline: float) -> int:
+        if self._pipeline is None:
+            _log.warning("stopping before any document was read; nothing to export")
+            return 1 if once else 0
+        delivered = self._pipeline.export(timeout_s=deadline - time.monotonic())
+        self._pipeline.shutdown(timeout_s=max(deadline - time.monotonic(), 0.5))
+        if once:
+            return 0 if delivered and clean else 1
+        return 0
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT stop the loop; a second signal is handled the same way."""
+
+    def handler(signum: int, frame: Any) -> None:
+        _log.info("received %s: stopping, last export within %.0f s",
+                  signal.Signals(signum).name, SHUTDOWN_EXPORT_S)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

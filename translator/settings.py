@@ -1,0 +1,259 @@
+"""Every setting the bridge reads from its environment, parsed and checked at start.
+
+All problems are reported together, each naming its variable and what would be right;
+the values of secrets (OTLP headers) never appear in a message. Nothing here touches the
+network or the metrics files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from urllib.parse import unquote, urlsplit
+
+from translator.errors import SettingsError
+
+DEFAULT_METRICS_FILE = "/shared/metrics/current.json"
+_EXPORTERS = ("otlp", "console", "prometheus", "none")
+_PROTOCOLS = ("grpc", "http/protobuf")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def default_mapping_path() -> str:
+    """The mapping shipped inside the package (a copy of mappings/ml-training.yaml)."""
+    return str(resources.files("translator").joinpath("data/ml-training.yaml"))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    exporters: tuple[str, ...] = ("otlp",)
+    protocol: str = "grpc"
+    endpoint: str = "http://localhost:4317"
+    insecure: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+    certificate_file: str | None = None
+    client_certificate_file: str | None = None
+    client_key_file: str | None = None
+    timeout_s: float = 10.0
+    prometheus_host: str = "localhost"
+    prometheus_port: int = 9464
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mapping_path: str
+    metrics_file_path: str
+    metrics_file_path_set: bool
+    collection_interval_s: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    health_port: int | None = None
+    state_dir: str | None = None
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[tuple[str, str]] = []
+
+    def get(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def bad(self, name: str, message: str) -> None:
+        self.problems.append((name, message))
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not minimum <= value <= maximum:
+            self.bad(name, f"{raw!r} is not a number of seconds between {minimum:g} and {maximum:g}")
+            return default
+        return value
+
+    def port(self, name: str) -> int | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+            self.bad(name, f"{raw!r} is not a TCP port (1-65535)")
+            return None
+        return int(raw)
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
+            self.bad(name, f"{raw!r} is not one of: {', '.join(allowed)}")
+            return default
+        return value
+
+    def boolean(self, name: str) -> bool | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        self.bad(name, f"{raw!r} is not true or false")
+        return None
+
+    def readable_file(self, name: str) -> str | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        if not os.path.isfile(raw) or not os.access(raw, os.R_OK):
+            self.bad(name, f"{raw!r} is not a readable file")
+            return None
+        return raw
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, mapping_path: str | None = None
+) -> Settings:
+    """Read the environment (``os.environ`` by default); raise SettingsError listing all problems."""
+    env = _Reader(os.environ if environ is None else environ)
+    mapping = mapping_path or env.get("MAPPING_PATH") or default_mapping_path()
+    if not os.path.exists(mapping):
+        env.bad(
+            "--mapping" if mapping_path else "MAPPING_PATH",
+            f"{mapping!r} does not exist; give a mapping file or a directory of them",
+        )
+    metrics_file = env.get("METRICS_FILE_PATH")
+    settings = Settings(
+        mapping_path=mapping,
+        metrics_file_path=metrics_file or DEFAULT_METRICS_FILE,
+        metrics_file_path_set=metrics_file is not None,
+        collection_interval_s=env.number("COLLECTION_INTERVAL", 10.0, minimum=0.05, maximum=86400),
+        log_level=env.choice("LOG_LEVEL", "INFO", _LEVELS, upper=True),
+        log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
+        health_port=env.port("HEALTH_PORT"),
+        state_dir=env.get("STATE_DIR"),
+        export=_export_settings(env),
+    )
+    if env.problems:
+        raise SettingsError(env.problems)
+    return settings
+
+
+def _export_settings(env: _Reader) -> ExportSettings:
+    exporters = _exporters(env)
+    protocol = env.choice(
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "", _PROTOCOLS
+    ) or env.choice("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", _PROTOCOLS)
+    certificate = env.readable_file("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE") or env.readable_file(
+        "OTEL_EXPORTER_OTLP_CERTIFICATE"
+    )
+    insecure_flag = env.boolean("OTEL_EXPORTER_OTLP_METRICS_INSECURE")
+    if insecure_flag is None:
+        insecure_flag = env.boolean("OTEL_EXPORTER_OTLP_INSECURE")
+    endpoint, insecure = _endpoint(env, protocol, insecure_flag, certificate is not None)
+    headers = _headers(env, "OTEL_EXPORTER_OTLP_HEADERS") | _headers(
+        env, "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
+    )
+    timeout_ms = env.number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, minimum=1, maximum=600_000)
+    return ExportSettings(
+        exporters=exporters,
+        protocol=protocol,
+        endpoint=endpoint,
+        insecure=insecure,
+        headers=headers,
+        certificate_file=certificate,
+        client_certificate_file=env.readable_file("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+        client_key_file=env.readable_file("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        timeout_s=timeout_ms / 1000,
+        prometheus_host=env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost",
+        prometheus_port=env.port("OTEL_EXPORTER_PROMETHEUS_PORT") or 9464,
+    )
+
+
+def _exporters(env: _Reader) -> tuple[str, ...]:
+    raw = env.get("OTEL_METRICS_EXPORTER")
+    if raw is None:
+        return ("otlp",)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    unknown = [n for n in names if n not in _EXPORTERS]
+    if unknown or not names:
+        env.bad("OTEL_METRICS_EXPORTER", f"{raw!r}: use a comma-separated list of {', '.join(_EXPORTERS)}")
+        return ("otlp",)
+    if "none" in names and len(names) > 1:
+        env.bad("OTEL_METRICS_EXPORTER", f"{raw!r}: 'none' cannot be combined with other exporters")
+    return tuple(n for n in names if n != "none")
+
+
+def _endpoint(
+    env: _Reader, protocol: str, insecure_flag: bool | None, has_certificate: bool
+) -> tuple[str, bool]:
+    """The exporter URL, and whether it is plaintext.
+
+    A scheme-less ``host:port`` (the seed deployment's ``otel-collector:4317``) is taken as
+    plaintext unless OTEL_EXPORTER_OTLP_INSECURE=false or a certificate asks for TLS. The
+    OTLP specification would try TLS there, which fails against a plaintext collector with
+    nothing delivered; an explicit ``https://`` always means TLS.
+    """
+    name = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    raw = env.get(name)
+    signal_specific = raw is not None
+    if raw is None:
+        name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+        raw = env.get(name)
+    default_port = 4317 if protocol == "grpc" else 4318
+    if raw is None:
+        raw = f"localhost:{default_port}"
+    scheme_less = "://" not in raw
+    url = urlsplit(("http://" if scheme_less else "") + raw)
+    try:
+        port = url.port
+    except ValueError:
+        env.bad(name, f"{raw!r} has a bad port; expected host:port or http(s)://host:port")
+        return raw, True
+    if url.scheme not in ("http", "https") or not url.hostname:
+        env.bad(name, f"{raw!r} is not an endpoint; expected host:port or http(s)://host:port")
+        return raw, True
+    if scheme_less:
+        tls = insecure_flag is False or has_certificate
+    else:
+        tls = url.scheme == "https"
+    scheme = "https" if tls else "http"
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    base = f"{scheme}://{host}:{port or default_port}"
+    if protocol == "grpc":
+        return base, not tls
+    path = url.path.rstrip("/")
+    if signal_specific:
+        return base + (path or "/v1/metrics"), not tls
+    return base + path + "/v1/metrics", not tls
+
+
+def _headers(env: _Reader, name: str) -> dict[str, str]:
+    raw = env.get(name)
+    if raw is None:
+        return {}
+    headers = {}
+    for i, item in enumerate(raw.split(","), start=1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            # Never echo the value: headers carry API keys.
+            env.bad(name, f"entry {i} is not key=value (values are not shown: they may be secret)")
+            continue
+        headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+def log_level_number(name: str) -> int:
+    return int(logging.getLevelName(name))
