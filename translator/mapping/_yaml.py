@@ -7,6 +7,7 @@ is bounded, so a hostile file can neither run code nor exhaust memory.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAP_TAG = "tag:yaml.org,2002:map"
 
 YamlPath = tuple[str | int, ...]
+
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:\.\d+|\d+(?:\.\d*)?)[eE][-+]?\d+$")
 
 
 def format_path(path: YamlPath) -> str:
@@ -79,7 +82,10 @@ class _Builder:
             if node.tag not in _PLAIN_TAGS:
                 self.problem(node, path, f"YAML tag {node.tag!r} is not allowed; use a plain value")
                 return None
-            return self._scalars.construct_object(node)
+            value = self._scalars.construct_object(node)
+            if node.style is None and isinstance(value, str) and _YAML12_FLOAT.match(value):
+                return float(value)  # YAML 1.1 reads `1e-3` as a string; people mean a number
+            return value
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
                 self.problem(node, path, f"YAML tag {node.tag!r} is not allowed; use a plain list")

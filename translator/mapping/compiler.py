@@ -163,6 +163,11 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
         yield path, f"{error.instance!r} is not a valid unit: printable ASCII, at most 63 characters"
     elif kind == "pattern" and error.validator_value == "^\\$":
         yield path, f"{error.instance!r} is not a JSONPath; it must start with '$' (e.g. $.loss)"
+    elif kind == "enum":
+        allowed = [str(v) for v in error.validator_value]
+        close = difflib.get_close_matches(str(error.instance), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        yield path, f"{error.instance!r} is not one of: {', '.join(allowed)}{hint}"
     elif kind == "const" and path == ("version",):
         yield path, f"version {error.instance!r} is not supported; this bridge reads version 1"
     else:

@@ -1,0 +1,157 @@
+"""The engine: one record in, data points and counted drops out; never an exception."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from translator.engine import DropReason, evaluate
+from translator.mapping import compile_mapping
+
+
+def plan_of(metrics: str, extra: str = "", environ: dict[str, str] | None = None) -> Any:
+    return compile_mapping(f"version: 1\n{extra}metrics:\n{metrics}", "m.yaml", environ=environ or {})
+
+
+def values(metric_yaml: str, record: Any) -> tuple[list[Any], list[str]]:
+    result = evaluate(plan_of(metric_yaml), record)
+    return [p.value for p in result.points], [d.reason.value for d in result.drops]
+
+
+@pytest.mark.parametrize(
+    ("options", "raw", "expected"),
+    [
+        ("", 0.5, 0.5),
+        ("", 7, 7),
+        ("scale: 0.001", 2500, 2.5),
+        ("scale: 100, offset: 1", 0.5, 51.0),
+        ("parse_strings: true", "0.25", 0.25),
+        ("parse_strings: true", " 12 ", 12.0),
+        ("booleans: true", True, 1),
+        ("booleans: true", False, 0),
+        ("map: {running: 1, failed: 0}", "running", 1.0),
+        ("map: {true: 1, false: 0}", False, 0.0),
+        ("non_finite: keep", math.inf, math.inf),
+        ("", 10**30, 1e30),
+    ],
+)
+def test_value_pipeline_turns_raw_json_into_the_exported_number(
+    options: str, raw: Any, expected: float
+) -> None:
+    got, drops = values(f"  - {{name: a, type: gauge, path: $.v, {options}}}\n".replace(", }", "}"), {"v": raw})
+    assert drops == []
+    assert got == [expected]
+    assert type(got[0]) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("options", "record", "reason"),
+    [
+        ("", {}, "missing"),
+        ("", {"v": None}, "missing"),
+        ("", {"v": "0.5"}, "not_a_number"),
+        ("", {"v": True}, "not_a_number"),
+        ("", {"v": [1]}, "not_a_number"),
+        ("", {"v": {"x": 1}}, "not_a_number"),
+        ("parse_strings: true", {"v": "abc"}, "not_a_number"),
+        ("map: {running: 1}", {"v": "paused"}, "unmapped_value"),
+        ("", {"v": math.nan}, "non_finite"),
+        ("", {"v": -math.inf}, "non_finite"),
+        ("parse_strings: true", {"v": "NaN"}, "non_finite"),
+        ("scale: 1.0e300", {"v": 1e300}, "non_finite"),
+        ("", {"v": 10**400}, "out_of_range"),
+    ],
+)
+def test_untrusted_value_is_dropped_with_its_reason(options: str, record: Any, reason: str) -> None:
+    spec = f"  - {{name: a, type: gauge, path: $.v, {options}}}\n".replace(", }", "}")
+    assert values(spec, record) == ([], [reason])
+
+
+def test_default_and_skip_apply_only_when_missing() -> None:
+    metrics = (
+        "  - {name: a, type: gauge, path: $.a, default: 0}\n"
+        "  - {name: b, type: gauge, path: $.b, missing: skip}\n"
+    )
+    assert values(metrics, {}) == ([0], [])
+    assert values(metrics, {"a": 3, "b": 4}) == ([3, 4], [])
+
+
+def test_counters_refuse_negative_values_but_up_down_counters_take_them() -> None:
+    metrics = (
+        "  - {name: c, type: counter, mode: increment, path: $.v}\n"
+        "  - {name: u, type: updowncounter, mode: increment, path: $.v}\n"
+    )
+    assert values(metrics, {"v": -2}) == ([-2], ["negative_for_counter"])
+
+
+def test_one_bad_value_does_not_take_the_rest_of_the_document_with_it() -> None:
+    metrics = (
+        "  - {name: a, type: gauge, path: $.a}\n"
+        "  - {name: b, type: gauge, path: $.b}\n"
+        "  - {name: c, type: gauge, path: $.c}\n"
+    )
+    assert values(metrics, {"a": 1, "b": math.nan, "c": 3}) == ([1, 3], ["non_finite"])
+
+
+def test_fan_out_gives_one_point_per_element_with_element_and_root_attributes() -> None:
+    plan = plan_of(
+        "  - name: gpu.utilization\n    type: gauge\n    for_each: $.gpus[*]\n    path: $.util\n"
+        "    attributes:\n      gpu.index: {path: $.index}\n      host: {root_path: $.hostname}\n",
+        extra="attributes:\n  job: {path: $.job}\n  team: ml\n",
+    )
+    record = {"hostname": "n1", "job": "j", "gpus": [{"index": 0, "util": 10}, {"index": 1, "util": 20}]}
+    result = evaluate(plan, record)
+    assert [(dict(p.attributes), p.value) for p in result.points] == [
+        ({"gpu.index": 0, "host": "n1", "job": "j", "team": "ml"}, 10),
+        ({"gpu.index": 1, "host": "n1", "job": "j", "team": "ml"}, 20),
+    ]
+
+
+def test_missing_attribute_drops_the_point_unless_it_has_a_default() -> None:
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: $.v}\n",
+        extra="attributes:\n  job: {path: $.job}\n  rank: {path: $.rank, default: 0}\n",
+    )
+    ok = evaluate(plan, {"v": 1, "job": "j"})
+    assert [dict(p.attributes) for p in ok.points] == [{"job": "j", "rank": 0}]
+    bad = evaluate(plan, {"v": 1})
+    assert [(d.reason, d.detail) for d in bad.drops] == [
+        (DropReason.MISSING_ATTRIBUTE, "attribute 'job': $.job selects nothing")
+    ]
+
+
+def test_non_scalar_or_huge_attribute_values_are_refused() -> None:
+    plan = plan_of("  - {name: a, type: gauge, path: $.v}\n", extra="attributes:\n  job: {path: $.job}\n")
+    for job in ({"x": 1}, [1], "x" * 5000):
+        (drop,) = evaluate(plan, {"v": 1, "job": job}).drops
+        assert drop.reason is DropReason.BAD_ATTRIBUTE
+
+
+def test_when_filters_records_and_one_name_can_take_several_rules() -> None:
+    plan = plan_of(
+        "  - {name: loss, type: gauge, path: $.loss, when: {exists: $.loss}, attributes: {split: train}}\n"
+        "  - {name: loss, type: gauge, path: $.eval_loss, when: {exists: $.eval_loss}, attributes: {split: eval}}\n"
+        "  - {name: lr, type: gauge, path: $.lr, when: {equals: {path: $.phase, value: train}}}\n"
+    )
+    train = evaluate(plan, {"loss": 0.5, "lr": 0.1, "phase": "train"})
+    evaluation = evaluate(plan, {"eval_loss": 0.7, "lr": 0.1, "phase": "eval"})
+    assert [(p.rule.name, dict(p.attributes), p.value) for p in train.points] == [
+        ("loss", {"split": "train"}, 0.5), ("lr", {}, 0.1),
+    ]
+    assert [(p.rule.name, dict(p.attributes), p.value) for p in evaluation.points] == [
+        ("loss", {"split": "eval"}, 0.7),
+    ]
+    assert train.drops == evaluation.drops == []
+
+
+@pytest.mark.parametrize("record", [None, 1, "x", [], [1, 2], {"training_metrics": []}, {"a": {"b": None}}])
+def test_any_json_shape_gives_drops_not_exceptions(record: Any) -> None:
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: $.training_metrics.loss}\n"
+        "  - {name: b, type: gauge, path: $.x, for_each: '$.items[*]'}\n"
+    )
+    result = evaluate(plan, record)
+    assert result.points == []
+    assert [d.reason for d in result.drops] == [DropReason.MISSING]

@@ -1,0 +1,136 @@
+"""What the OpenTelemetry SDK exports after points are applied (InMemoryMetricReader)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from translator.engine import DropReason, evaluate
+from translator.instruments import InstrumentConflict, InstrumentRegistry
+from translator.mapping import Plan, compile_mapping
+
+
+def compile_metrics(metrics: str, extra: str = "") -> Plan:
+    return compile_mapping(f"version: 1\n{extra}metrics:\n{metrics}", "m.yaml", environ={})
+
+
+class Harness:
+    def __init__(self, plan: Plan) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+        self.registry = InstrumentRegistry(self.provider.get_meter("test"))
+        self.registry.install(plan)
+        self.plan = plan
+
+    def apply(self, record: Any, *, source: str = "f.json", replaces: bool = True) -> list[Any]:
+        result = evaluate(self.plan, record)
+        return self.registry.apply(source, result.points, replaces=replaces)
+
+    def collect(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+        out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    for p in metric.data.data_points:
+                        value = getattr(p, "value", None)
+                        if value is None:
+                            value = (p.count, p.sum, list(p.bucket_counts))
+                        out.setdefault(metric.name, []).append((dict(p.attributes), value))
+        return out
+
+
+@pytest.fixture
+def harness_of() -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(plan: Plan) -> Harness:
+        made.append(Harness(plan))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.provider.shutdown()
+
+
+def test_gauge_series_absent_from_the_newest_document_is_no_longer_exported(harness_of: Any) -> None:
+    h = harness_of(compile_metrics(
+        "  - {name: loss, type: gauge, path: $.loss}\n", extra="attributes:\n  epoch: {path: $.epoch}\n"
+    ))
+    h.apply({"epoch": 1, "loss": 0.5})
+    assert h.collect()["loss"] == [({"epoch": 1}, 0.5)]
+    h.apply({"epoch": 2, "loss": 0.4})
+    assert h.collect()["loss"] == [({"epoch": 2}, 0.4)]
+
+
+def test_running_total_is_reported_as_is_and_a_decrease_is_a_reset_not_a_negative_add(
+    harness_of: Any,
+) -> None:
+    h = harness_of(compile_metrics("  - {name: batches, type: counter, mode: total, path: $.b}\n"))
+    reported = []
+    for total in (150, 150, 160, 100, 120):
+        h.apply({"b": total})
+        reported.append(h.collect()["batches"][0][1])
+    # 160 -> 100 is a restart: the run goes on from 160 and counts the new run's 100, then +20.
+    assert reported == [150, 150, 160, 260, 280]
+
+
+def test_increment_counter_adds_every_record(harness_of: Any) -> None:
+    h = harness_of(compile_metrics("  - {name: tokens, type: counter, mode: increment, path: $.n}\n"))
+    for n in (5, 7, 0):
+        h.apply({"n": n}, replaces=False)
+    assert h.collect()["tokens"] == [({}, 12)]
+
+
+def test_histogram_records_one_observation_per_applied_document(harness_of: Any) -> None:
+    h = harness_of(compile_metrics(
+        "  - {name: step_time, type: histogram, unit: ms, path: $.t, buckets: [100, 200, 300]}\n"
+    ))
+    for t in (50, 250, 250):
+        h.apply({"t": t})
+    ((attrs, (count, total, buckets)),) = h.collect()["step_time"]
+    assert (count, total, buckets) == (3, 550, [1, 0, 2, 0])
+
+
+def test_forgetting_a_source_stops_its_series_and_only_its_series(harness_of: Any) -> None:
+    h = harness_of(compile_metrics(
+        "  - {name: loss, type: gauge, path: $.loss}\n", extra="attributes:\n  run: {path: $.run}\n"
+    ))
+    h.apply({"run": "a", "loss": 1.0}, source="a.json")
+    h.apply({"run": "b", "loss": 2.0}, source="b.json")
+    h.registry.forget("a.json")
+    assert h.collect()["loss"] == [({"run": "b"}, 2.0)]
+
+
+def test_cardinality_guard_drops_and_counts_series_past_the_limit(harness_of: Any) -> None:
+    h = harness_of(compile_metrics(
+        "  - {name: loss, type: gauge, path: $.loss}\n",
+        extra="limits: {max_series_per_metric: 2}\nattributes:\n  step: {path: $.step}\n",
+    ))
+    drops = []
+    for step in range(4):
+        drops += h.apply({"step": step, "loss": 0.1}, replaces=False)
+    assert [d.reason for d in drops] == [DropReason.CARDINALITY] * 2
+    assert sorted(a["step"] for a, _ in h.collect()["loss"]) == [0, 1]
+
+
+def test_reinstalling_a_plan_retires_instruments_it_no_longer_has(harness_of: Any) -> None:
+    h = harness_of(compile_metrics(
+        "  - {name: loss, type: gauge, path: $.loss}\n  - {name: acc, type: gauge, path: $.acc}\n"
+    ))
+    h.apply({"loss": 1.0, "acc": 0.5})
+    smaller = compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n")
+    h.registry.install(smaller)
+    h.plan = smaller
+    h.apply({"loss": 0.9, "acc": 0.6})
+    assert set(h.collect()) == {"loss"}
+
+
+def test_reinstalling_with_a_changed_instrument_type_is_refused(harness_of: Any) -> None:
+    h = harness_of(compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n"))
+    with pytest.raises(InstrumentConflict, match="would change from gauge"):
+        h.registry.install(compile_metrics("  - {name: loss, type: counter, mode: total, path: $.loss}\n"))
