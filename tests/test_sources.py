@@ -1,0 +1,133 @@
+"""Reading document files: each version once, and every bad file a clear, retryable error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from translator.engine import evaluate
+from translator.errors import DocumentInvalid, SourceUnavailable
+from translator.mapping import compile_mapping
+from translator.sources import DocumentSource, SourceMissing, parse_json
+
+
+def source_for(path: Path, source_yaml: str = "") -> DocumentSource:
+    plan = compile_mapping(
+        f"version: 1\nsource: {{path: {path}{source_yaml}}}\nmetrics:\n  - {{name: a, type: gauge, path: $.a}}\n",
+        "m.yaml", environ={},
+    )
+    return DocumentSource(str(path), plan.source)
+
+
+def test_python_nan_and_infinity_literals_parse() -> None:
+    doc = parse_json(b'{"loss": NaN, "grad": Infinity, "low": -Infinity, "ok": 1}')
+    assert doc["ok"] == 1
+    assert doc["loss"] != doc["loss"]
+    assert doc["grad"] == float("inf") and doc["low"] == float("-inf")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a": 1', b'{"a": "\xff"}', b"{}}", b"", b"[1,]"],
+    ids=["truncated", "invalid-utf8", "trailing-garbage", "empty", "trailing-comma"],
+)
+def test_unparseable_bytes_raise_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_json(data)
+
+
+def test_deeply_nested_document_parses_and_evaluates_to_drops_not_a_crash() -> None:
+    depth = 100_000
+    document = parse_json(b'{"a": ' + b"[" * depth + b"]" * depth + b"}")
+    plan = compile_mapping(
+        "version: 1\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n"
+        "  - {name: b, type: gauge, path: $.x, for_each: '$..y'}\n",
+        "m.yaml", environ={},
+    )
+    result = evaluate(plan, document)
+    assert result.points == []
+    assert [d.reason.value for d in result.drops] == ["not_a_number"]
+
+
+def test_unchanged_file_is_not_read_as_a_new_version(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    f.write_text('{"a": 1}')
+    source = source_for(f)
+    first = source.poll()
+    assert first is not None and first.records == [{"a": 1}]
+    assert source.poll() is None
+    # Rewritten with identical content (a new mtime): still not a new version.
+    f.write_text('{"a": 1}')
+    assert source.poll() is None
+    f.write_text('{"a": 2}')
+    second = source.poll()
+    assert second is not None and second.records == [{"a": 2}]
+
+
+def test_version_key_decides_what_is_new(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    source = source_for(f, ", version_path: $.ts")
+    f.write_text('{"ts": "t1", "a": 1}')
+    assert source.poll() is not None
+    f.write_text('{"ts": "t1", "a": 2, "pad": true}')
+    assert source.poll() is None
+    f.write_text('{"ts": "t2", "a": 3}')
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [{"ts": "t2", "a": 3}]
+
+
+def test_half_written_file_is_an_error_now_and_a_version_once_complete(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    source = source_for(f)
+    f.write_text('{"a": 1, "b": ')
+    with pytest.raises(DocumentInvalid, match="is not valid JSON .*will read it again"):
+        source.poll()
+    f.write_text("")
+    with pytest.raises(DocumentInvalid, match="is empty"):
+        source.poll()
+    f.write_text('{"a": 1, "b": 2}')
+    assert source.poll() is not None
+
+
+def test_missing_file_then_created(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    source = source_for(f)
+    with pytest.raises(SourceMissing, match="does not exist"):
+        source.poll()
+    f.write_text('{"a": 1}')
+    assert source.poll() is not None
+
+
+def test_directory_in_place_of_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    f.mkdir()
+    with pytest.raises(SourceUnavailable, match="is not a regular file"):
+        source_for(f).poll()
+
+
+def test_path_that_cannot_be_read_names_the_reason(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SourceUnavailable, match="cannot be read: Not a directory"):
+        source_for(blocker / "m.json").poll()
+
+
+def test_file_over_the_size_cap_is_refused_with_both_sizes(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    f.write_text('{"a": "' + "x" * 200 + '"}')
+    with pytest.raises(SourceUnavailable, match=r"is 209 bytes, over the 100-byte cap \(source.max_bytes\)"):
+        source_for(f, ", max_bytes: 100").poll()
+
+
+def test_same_size_rewrite_within_the_timestamp_tick_is_still_seen(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    f.write_text('{"a": 1}')
+    source = source_for(f)
+    assert source.poll() is not None
+    st = os.stat(f)
+    f.write_text('{"a": 2}')
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [{"a": 2}]
