@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -102,8 +103,9 @@ def _run_bridge(
     configure_logging(settings.log_level, settings.log_format, stderr)
     plans = load_plans(settings.mapping_path, settings)
     bridge = Bridge(settings, plans, console=stdout)
+    restore_signals = None
     if threading.current_thread() is threading.main_thread():
-        install_signal_handlers(bridge.stop)
+        restore_signals = install_signal_handlers(bridge.stop)
     if duration_s:
         timer = threading.Timer(duration_s, bridge.stop)
         timer.daemon = True
@@ -114,7 +116,11 @@ def _run_bridge(
         __version__, len(plans), settings.mapping_path,
         ",".join(settings.export.exporters) or "none", settings.collection_interval_s,
     )
-    return bridge.run(once=once)
+    try:
+        return bridge.run(once=once)
+    finally:
+        if restore_signals is not None:
+            restore_signals()
 
 
 def mapping_files(path: str) -> list[str]:
@@ -219,6 +225,8 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, float) and not math.isfinite(value):
+        value = str(value).replace("inf", "Infinity").replace("nan", "NaN")  # strict JSON
     return {
         "record": record,
         "name": rule.name,

@@ -238,13 +238,18 @@ class Bridge:
         return 0
 
 
-def install_signal_handlers(stop: Callable[[], None]) -> None:
-    """SIGTERM and SIGINT stop the loop; a second signal is handled the same way."""
+def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
+    """SIGTERM and SIGINT stop the loop. Returns a function that puts the old handlers back."""
 
     def handler(signum: int, frame: Any) -> None:
         _log.info("received %s: stopping, last export within %.0f s",
                   signal.Signals(signum).name, SHUTDOWN_EXPORT_S)
         stop()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
