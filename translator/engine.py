@@ -75,9 +75,17 @@ def evaluate(plan: Plan, record: Any, root: Any = MISSING) -> Evaluation:
     return out
 
 
-def evaluate_into(plan: Plan, record: Any, root: Any, out: Evaluation) -> None:
+def evaluate_into(
+    plan: Plan, record: Any, root: Any, out: Evaluation, extra: AttributeSet = ()
+) -> None:
+    """Append ``record``'s points and drops to ``out``.
+
+    ``extra`` attributes (from named parts of the file's path) go on every point; the
+    mapping's own attributes of the same key win.
+    """
     points = out.points
     drops = out.drops
+    first = len(points)
     for rule in plan.rules:
         if rule.when is not None and not _holds(rule.when, record):
             continue
@@ -86,6 +94,12 @@ def evaluate_into(plan: Plan, record: Any, root: Any, out: Evaluation) -> None:
         else:
             for element in rule.for_each.all(record):
                 _evaluate_element(rule, element, record, root, points, drops)
+    if extra:
+        for i in range(first, len(points)):
+            point = points[i]
+            merged = dict(extra)
+            merged.update(point.attributes)
+            points[i] = Point(point.rule, tuple(sorted(merged.items())), point.value)
 
 
 def _evaluate_element(

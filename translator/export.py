@@ -41,7 +41,8 @@ SELF_METER_NAME = "ml-metrics-bridge.self"
 
 def build_resource(attributes: Mapping[str, Any]) -> Resource:
     """SDK defaults < the mapping's ``resource:`` < OTEL_RESOURCE_ATTRIBUTES < OTEL_SERVICE_NAME."""
-    return Resource.create(dict(attributes)).merge(OTELResourceDetector().detect())
+    own = {"service.name": "ml-metrics-bridge", **attributes}
+    return Resource.create(own).merge(OTELResourceDetector().detect())
 
 
 class _LastMessage(logging.Handler):

@@ -53,7 +53,9 @@ class Throttled:
         self._every_s = every_s
         self._seen: dict[Any, tuple[float, int]] = {}
 
-    def log(self, level: int, key: Any, message: str, *args: Any, **extra: Any) -> None:
+    def log(
+        self, level: int, key: Any, message: str, *args: Any, extra: dict[str, Any] | None = None
+    ) -> None:
         now = time.monotonic()
         last = self._seen.get(key)
         if last is not None and now - last[0] < self._every_s:
@@ -64,7 +66,7 @@ class Throttled:
             message += " (%d more like this in the last %.0f s)"
             args = (*args, repeats, now - last[0])  # type: ignore[index]
         self._seen[key] = (now, 0)
-        self._logger.log(level, message, *args, extra={**extra, "repeats": repeats})
+        self._logger.log(level, message, *args, extra={**(extra or {}), "repeats": repeats})
 
     def clear(self, key: Any) -> bool:
         """Forget ``key`` (the problem went away); True if it had been logged."""

@@ -25,7 +25,8 @@ from translator.mapping.paths import MISSING
 from translator.mapping.plan import Plan
 from translator.selfmetrics import Stats
 from translator.settings import Settings
-from translator.sources import DocumentSource, SourceMissing
+from translator.mapping.plan import SourceFormat
+from translator.sources import DocumentSource, JsonlSource, PathPattern, Snapshot, SourceMissing
 
 _log = logging.getLogger("translator")
 
@@ -37,14 +38,23 @@ RETRY_SOON_S = 0.1
 
 @dataclass(slots=True)
 class _Tracked:
-    source: DocumentSource
+    source: DocumentSource | JsonlSource
+    attributes: tuple[tuple[str, str], ...]
     newest_at: float = field(default_factory=time.monotonic)
     stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    more: bool  # a source has a backlog: read again at once
+    retry_soon: bool  # a document was half-written: read again shortly
+    all_read: bool  # every source could be read
 
 
 @dataclass(slots=True)
 class _Job:
     plan: Plan
+    pattern: PathPattern
     sources: dict[str, _Tracked] = field(default_factory=dict)
 
 
@@ -55,7 +65,7 @@ class Bridge:
         self.settings = settings
         self.stats = Stats()
         self._console = console
-        self._jobs = [_Job(plan) for plan in plans]
+        self._jobs = [_Job(plan, PathPattern(plan.source.path)) for plan in plans]
         self._stop = threading.Event()
         self._export_wanted = threading.Event()
         self._pipeline: Pipeline | None = None
@@ -86,10 +96,15 @@ class Bridge:
         clean = True
         while True:
             self.loop_heartbeat = time.monotonic()
-            retry_soon, clean = self._poll_all()
+            poll = self._poll_all()
+            clean = poll.all_read
+            if poll.more:
+                if self._stop.is_set():
+                    break
+                continue  # a backlog: keep reading before sleeping
             if once:
                 break
-            delay = RETRY_SOON_S if retry_soon else self.settings.collection_interval_s
+            delay = RETRY_SOON_S if poll.retry_soon else self.settings.collection_interval_s
             if self._stop.wait(delay):
                 break
         deadline = time.monotonic() + SHUTDOWN_EXPORT_S
@@ -104,16 +119,13 @@ class Bridge:
 
     # --- reading --------------------------------------------------------------------------
 
-    def _poll_all(self) -> tuple[bool, bool]:
-        """Poll every source once; returns (read again soon, every source was read)."""
-        retry_soon = False
+    def _poll_all(self) -> _Poll:
+        """Poll every source once."""
+        retry_soon = more = False
         all_read = True
-        now = time.monotonic()
         for job in self._jobs:
             for path in self._paths(job):
-                tracked = job.sources.get(path)
-                if tracked is None:
-                    tracked = job.sources[path] = _Tracked(DocumentSource(path, job.plan.source))
+                tracked = job.sources[path]
                 try:
                     snapshot = tracked.source.poll()
                 except SourceError as exc:
@@ -124,17 +136,53 @@ class Bridge:
                 else:
                     if self._throttle.clear(("read", path)):
                         _log.info("%s: reading again", path, extra={"source": path})
+                now = time.monotonic()
                 if snapshot is not None:
-                    if self._registry is None:
-                        self._start_pipeline(snapshot.root)
-                    self._apply(job, path, snapshot)
-                    tracked.newest_at, tracked.stale = now, False
-                    self._export_wanted.set()
+                    more |= snapshot.more
+                    if snapshot.records:
+                        if self._registry is None:
+                            self._start_pipeline(snapshot.root)
+                        self._apply(job, tracked, snapshot)
+                        tracked.newest_at, tracked.stale = now, False
+                        self._export_wanted.set()
+                    self._bad_records(path, snapshot)
+                    if isinstance(tracked.source, JsonlSource):
+                        self._commit(tracked.source)
                 self._expire(job, path, tracked, now)
-        return retry_soon, all_read
+        return _Poll(more=more, retry_soon=retry_soon, all_read=all_read)
 
     def _paths(self, job: _Job) -> list[str]:
-        return [job.plan.source.path]
+        """The files of ``job`` now; files that went away stop being reported."""
+        paths = job.pattern.expand()
+        for gone in set(job.sources) - set(paths):
+            tracked = job.sources.pop(gone)
+            if isinstance(tracked.source, JsonlSource):
+                tracked.source.close()
+            if self._registry is not None:
+                self._registry.forget(gone)
+            _log.info("%s: file is gone; its series are no longer exported", gone,
+                      extra={"source": gone})
+        for path in paths:
+            if path not in job.sources:
+                job.sources[path] = _Tracked(self._source_for(job.plan, path), job.pattern.attributes(path))
+        return paths
+
+    def _source_for(self, plan: Plan, path: str) -> DocumentSource | JsonlSource:
+        if plan.source.format is SourceFormat.JSONL:
+            return JsonlSource(path, plan.source, self.settings.state_dir)
+        return DocumentSource(path, plan.source)
+
+    def _commit(self, source: JsonlSource) -> None:
+        try:
+            source.commit()
+        except SourceError as exc:
+            self._throttle.log(logging.WARNING, ("checkpoint", source.path), "%s", str(exc))
+
+    def _bad_records(self, path: str, snapshot: Snapshot) -> None:
+        for error in snapshot.errors:
+            self.stats.read_errors[(path, "invalid")] += 1
+            self._throttle.log(logging.WARNING, ("record", path), "%s: %s", path, error,
+                               extra={"source": path})
 
     def _read_failed(self, path: str, exc: SourceError) -> None:
         kind = "missing" if isinstance(exc, SourceMissing) else (
@@ -142,13 +190,16 @@ class Bridge:
         )
         self.stats.read_errors[(path, kind)] += 1
         level = logging.INFO if kind == "missing" else logging.WARNING
-        self._throttle.log(level, ("read", path), "%s", str(exc), source=path)
+        self._throttle.log(level, ("read", path), "%s", str(exc), extra={"source": path})
 
-    def _apply(self, job: _Job, path: str, snapshot: Any) -> None:
+    def _apply(self, job: _Job, tracked: _Tracked, snapshot: Snapshot) -> None:
         assert self._registry is not None
+        path = snapshot.path
         evaluation = Evaluation()
+        extra = tracked.attributes
         for record in snapshot.records:
-            evaluate_into(job.plan, record, snapshot.root, evaluation)
+            root = record if snapshot.root is None else snapshot.root
+            evaluate_into(job.plan, record, root, evaluation, extra)
         drops = evaluation.drops + self._registry.apply(
             path, evaluation.points, replaces=snapshot.replaces
         )
@@ -165,7 +216,7 @@ class Bridge:
                 logging.WARNING, ("drop", path, drop.rule.index, drop.reason),
                 "%s: %s %s: point dropped (%s): %s",
                 path, rule, drop.rule.name, drop.reason.value, drop.detail,
-                source=path, rule=rule,
+                extra={"source": path, "rule": rule},
             )
 
     def _expire(self, job: _Job, path: str, tracked: _Tracked, now: float) -> None:
@@ -228,6 +279,10 @@ class Bridge:
                 self._pipeline.export(timeout_s=self.settings.export.timeout_s)
 
     def _finish(self, *, once: bool, clean: bool, deadline: float) -> int:
+        for job in self._jobs:
+            for tracked in job.sources.values():
+                if isinstance(tracked.source, JsonlSource):
+                    tracked.source.close()
         if self._pipeline is None:
             _log.warning("stopping before any document was read; nothing to export")
             return 1 if once else 0

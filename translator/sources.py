@@ -2,14 +2,23 @@
 
 A source knows nothing of metrics: it stats, reads, parses and decides whether what it
 read is new. It raises :class:`~translator.errors.SourceError` for a read that failed this
-time (the caller logs and polls again) and never holds a file open between polls.
+time (the caller logs and polls again).
+
+- :class:`DocumentSource`: one JSON document rewritten in place; opened, read, closed.
+  With ``records`` it is a history array, and each record (by its key) is applied once.
+- :class:`JsonlSource`: an append-only JSON Lines file, tailed. It keeps its file open so
+  that lines written just before a rotation are still read, detects truncation and
+  rotation, and checkpoints its position so a restarted sidecar resumes where it was.
+- :class:`PathPattern`: a glob with named parts (``/runs/{run_id}/state.json``).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -42,6 +51,10 @@ class Snapshot:
     """True when the records are the whole current state (a document), so series absent
     from them must stop being exported; False for appended records (JSON Lines)."""
     read_at: float
+    errors: tuple[str, ...] = ()
+    """Records that could not be used (a JSON line that does not parse), each described."""
+    more: bool = False
+    """The source has more to read right away (a backlog larger than one read)."""
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -73,6 +86,7 @@ class DocumentSource:
         self._checked_ns = 0
         self._digest: bytes | None = None
         self._version: Any = MISSING
+        self._applied: set[Any] = set()
 
     def poll(self) -> Snapshot | None:
         """The new version of the document, or None when there is nothing new."""
@@ -113,11 +127,164 @@ class DocumentSource:
             if version is not MISSING and version == self._version:
                 return None
             self._version = version
-        if self._spec.records is not None:
-            records = self._spec.records.all(document)
+        if self._spec.records is None:
+            return Snapshot(self.path, [document], document, replaces=True, read_at=time.time())
+        fresh = []
+        for record in self._spec.records.all(document):
+            key = self._record_key(record)
+            if key not in self._applied:
+                self._applied.add(key)
+                fresh.append(record)
+        if not fresh:
+            return None
+        return Snapshot(self.path, fresh, document, replaces=False, read_at=time.time())
+
+    def _record_key(self, record: Any) -> Any:
+        if not self._spec.record_key:
+            # No key given: the record's content is its identity.
+            return orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return tuple(_hashable(p.first(record)) for p in self._spec.record_key)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return value
+
+
+#: How much of a JSON Lines backlog one poll reads; the rest comes on the next poll.
+JSONL_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+class JsonlSource:
+    """An append-only JSON Lines file; every complete line is applied exactly once."""
+
+    def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
+        self.path = path
+        self._spec = spec
+        self._fh: Any = None
+        self._inode: int | None = None
+        self._offset = 0
+        self._opened_before = False
+        self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
+        self._resume: tuple[int, int] | None = self._load_checkpoint()
+
+    # The caller applies a snapshot, then calls commit(); a crash in between re-reads it.
+    def commit(self) -> None:
+        if self._checkpoint is None or self._inode is None:
+            return
+        tmp = f"{self._checkpoint}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps({"path": self.path, "inode": self._inode, "offset": self._offset}))
+            os.replace(tmp, self._checkpoint)
+        except OSError as exc:
+            raise SourceUnavailable(self.path, f"cannot write checkpoint {self._checkpoint}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def poll(self) -> Snapshot | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._fh is not None:  # renamed away: finish what the old file still holds
+                return self._read_lines()
+            raise SourceMissing(self.path, "does not exist (yet)") from None
+        except OSError as exc:
+            raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceUnavailable(self.path, "is not a regular file (a directory?)")
+        if self._fh is not None and st.st_ino != self._inode:
+            # Rotated: drain the old file first; the new one is opened on the next poll.
+            drained = self._read_lines()
+            if drained is not None:
+                return drained
+            self.close()
+        if self._fh is None:
+            self._open(st)
+        elif st.st_size < self._offset:
+            # Truncated in place (copytruncate): the new content starts at 0.
+            self._offset = 0
+        return self._read_lines()
+
+    def _open(self, st: os.stat_result) -> None:
+        try:
+            self._fh = open(self.path, "rb")  # noqa: SIM115 -- kept open across polls on purpose
+        except OSError as exc:
+            raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
+        self._inode = os.fstat(self._fh.fileno()).st_ino
+        if self._resume is not None:
+            inode, offset = self._resume
+            self._resume = None
+            # The checkpointed file is gone (rotated while we were down): read the new one whole.
+            self._offset = offset if inode == self._inode and offset <= st.st_size else 0
+        elif not self._opened_before and self._spec.start_at_end:
+            self._offset = self._end_of_last_line(st.st_size)
         else:
-            records = [document]
-        return Snapshot(self.path, records, document, replaces=True, read_at=time.time())
+            self._offset = 0
+        self._opened_before = True
+
+    def _end_of_last_line(self, size: int) -> int:
+        if size == 0:
+            return 0
+        window = min(size, JSONL_CHUNK_BYTES)
+        self._fh.seek(size - window)
+        tail = self._fh.read(window)
+        cut = tail.rfind(b"\n")
+        return size - window + cut + 1 if cut >= 0 else 0
+
+    def _read_lines(self) -> Snapshot | None:
+        fh = self._fh
+        fh.seek(self._offset)
+        data = fh.read(JSONL_CHUNK_BYTES)
+        if not data:
+            return None
+        cut = data.rfind(b"\n")
+        errors: list[str] = []
+        if cut < 0:
+            if len(data) < self._spec.max_bytes and len(data) < JSONL_CHUNK_BYTES:
+                return None  # a partial last line: wait for its newline
+            # One line longer than the cap: skip it to its end.
+            errors.append(f"line at byte {self._offset} is longer than {min(self._spec.max_bytes, JSONL_CHUNK_BYTES)} bytes; skipped")
+            self._offset += len(data)
+            return Snapshot(self.path, [], None, replaces=False, read_at=time.time(), errors=tuple(errors), more=True)
+        start = self._offset
+        self._offset += cut + 1
+        records = []
+        for number, line in enumerate(data[: cut + 1].split(b"\n")[:-1]):
+            if not line.strip():
+                continue
+            if len(line) > self._spec.max_bytes:
+                errors.append(f"a line near byte {start} is {len(line)} bytes, over the cap; skipped")
+                continue
+            try:
+                records.append(parse_json(line))
+            except ValueError as exc:
+                errors.append(f"a line near byte {start} (line {number + 1} of this read) is not JSON ({exc}); skipped")
+        return Snapshot(
+            self.path, records, None, replaces=False, read_at=time.time(),
+            errors=tuple(errors), more=len(data) == JSONL_CHUNK_BYTES,
+        )
+
+    def _load_checkpoint(self) -> tuple[int, int] | None:
+        if self._checkpoint is None:
+            return None
+        try:
+            with open(self._checkpoint, "rb") as fh:
+                saved = orjson.loads(fh.read())
+            return int(saved["inode"]), int(saved["offset"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged checkpoint: start as configured
+
+
+def _checkpoint_file(state_dir: str, path: str) -> str:
+    digest = hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
+    return os.path.join(state_dir, f"jsonl-{digest}.json")
 
 
 def _read_capped(path: str, cap: int) -> bytes:
@@ -135,4 +302,49 @@ def _read_capped(path: str, cap: int) -> bytes:
     return data
 
 
-__all__ = ["DocumentSource", "Snapshot", "SourceError", "SourceMissing", "parse_json"]
+__all__ = ["DocumentSource", "JsonlSource", "Snapshot", "SourceError", "SourceMissing", "parse_json"]
+
+
+_NAMED_PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+class PathPattern:
+    """A source path: a plain file, a glob, or a glob with named parts.
+
+    ``/runs/{run_id}/trainer_state.json`` matches like ``/runs/*/trainer_state.json`` and
+    gives every point read from ``/runs/abc/trainer_state.json`` the attribute
+    ``run_id=abc``.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.names = tuple(_NAMED_PART.findall(pattern))
+        self.is_glob = bool(self.names) or any(c in pattern for c in "*?[")
+        self._glob = _NAMED_PART.sub("*", pattern)
+        regex, groups = [], 0
+        for piece in re.split(r"(\{[A-Za-z_][A-Za-z0-9_.]*\}|\*\*|\*|\?)", pattern):
+            if piece.startswith("{"):
+                regex.append(f"(?P<g{groups}>[^/]+)")
+                groups += 1
+            elif piece == "**":
+                regex.append(".*")
+            elif piece == "*":
+                regex.append("[^/]*")
+            elif piece == "?":
+                regex.append("[^/]")
+            else:
+                regex.append(re.escape(piece))
+        self._regex = re.compile("".join(regex) + r"\Z")
+
+    def expand(self) -> list[str]:
+        if not self.is_glob:
+            return [self.pattern]
+        return sorted(p for p in glob.glob(self._glob, recursive=True) if os.path.isfile(p))
+
+    def attributes(self, path: str) -> tuple[tuple[str, str], ...]:
+        if not self.names:
+            return ()
+        match = self._regex.match(path)
+        if match is None:
+            return ()
+        return tuple(sorted((name, match.group(f"g{i}")) for i, name in enumerate(self.names)))
