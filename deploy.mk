@@ -1,0 +1,65 @@
+# Deployment targets, included by the top-level Makefile (`include deploy.mk`).
+# Docker stack: dev-up, verify, logs-*, dev-down, clean. Cluster: k8s-deploy, k8s-delete,
+# k8s-logs-sidecar. Every variable can be overridden: make verify PROM_URL=http://host:9090
+
+# Including this file must not change the including Makefile's default goal.
+_deploy_mk_default_goal := $(.DEFAULT_GOAL)
+
+COMPOSE ?= docker compose
+DOCKER ?= docker
+KUBECTL ?= kubectl
+PYTHON ?= python3
+IMAGE ?= ml-metrics-bridge:dev
+PROM_URL ?= http://localhost:9090
+# How long `verify` waits for the first points (collection interval + scrape interval).
+VERIFY_WAIT_S ?= 90
+K8S_DIR ?= k8s/
+K8S_NAMESPACE ?= ml-training
+
+.PHONY: dev-up dev-down verify build-python logs-sidecar-python logs-ml logs-collector \
+	logs-all clean deploy-clean k8s-deploy k8s-delete k8s-logs-sidecar
+
+dev-up: ## Build the bridge image and start the demo stack in the background
+	$(COMPOSE) up --detach --build
+	@echo "Grafana    http://localhost:3000"
+	@echo "Prometheus http://localhost:9090"
+	@echo "Then: make verify"
+
+dev-down: ## Stop the demo stack (volumes are kept)
+	$(COMPOSE) down
+
+verify: ## Check that Prometheus has every expected metric; names the missing ones
+	$(PYTHON) deploy/verify.py --prom-url $(PROM_URL) --wait-s $(VERIFY_WAIT_S)
+
+build-python: ## Build the Python bridge image
+	$(DOCKER) build --tag $(IMAGE) .
+
+logs-sidecar-python: ## Follow the bridge's logs
+	$(COMPOSE) logs --follow ml-metrics-bridge
+
+logs-ml: ## Follow the mock training job's logs
+	$(COMPOSE) logs --follow ml-training
+
+logs-collector: ## Follow the OpenTelemetry Collector's logs
+	$(COMPOSE) logs --follow otel-collector
+
+logs-all: ## Follow every service's logs
+	$(COMPOSE) logs --follow
+
+# A prerequisite, not a recipe: the including Makefile may have its own `clean` recipe,
+# and a second recipe for one target would replace the first.
+clean: deploy-clean
+
+deploy-clean: ## Stop the demo stack and delete its volumes (metrics, Prometheus, Grafana data)
+	$(COMPOSE) down --volumes --remove-orphans
+
+k8s-deploy: ## Apply the manifests in k8s/ (namespace ml-training)
+	$(KUBECTL) apply -k $(K8S_DIR)
+
+k8s-delete: ## Delete everything k8s-deploy created
+	$(KUBECTL) delete -k $(K8S_DIR) --ignore-not-found
+
+k8s-logs-sidecar: ## Follow the bridge sidecar's logs in the training Job
+	$(KUBECTL) logs --namespace $(K8S_NAMESPACE) job/ml-training --container ml-metrics-bridge --follow
+
+.DEFAULT_GOAL := $(_deploy_mk_default_goal)

