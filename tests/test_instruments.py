@@ -23,7 +23,7 @@ class Harness:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
         self.registry = InstrumentRegistry(self.provider.get_meter("test"))
-        self.registry.install(plan)
+        self.registry.install([plan])
         self.plan = plan
 
     def apply(self, record: Any, *, source: str = "f.json", replaces: bool = True) -> list[Any]:
@@ -124,7 +124,7 @@ def test_reinstalling_a_plan_retires_instruments_it_no_longer_has(harness_of: An
     ))
     h.apply({"loss": 1.0, "acc": 0.5})
     smaller = compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n")
-    h.registry.install(smaller)
+    h.registry.install([smaller])
     h.plan = smaller
     h.apply({"loss": 0.9, "acc": 0.6})
     assert set(h.collect()) == {"loss"}
@@ -133,4 +133,4 @@ def test_reinstalling_a_plan_retires_instruments_it_no_longer_has(harness_of: An
 def test_reinstalling_with_a_changed_instrument_type_is_refused(harness_of: Any) -> None:
     h = harness_of(compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n"))
     with pytest.raises(InstrumentConflict, match="would change from gauge"):
-        h.registry.install(compile_metrics("  - {name: loss, type: counter, mode: total, path: $.loss}\n"))
+        h.registry.install([compile_metrics("  - {name: loss, type: counter, mode: total, path: $.loss}\n")])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,28 +68,39 @@ class InstrumentRegistry:
 
     # --- plans ---------------------------------------------------------------------------
 
-    def check(self, plan: Plan) -> None:
-        """Raise :class:`InstrumentConflict` if ``plan`` cannot be installed over this one."""
-        for spec in plan.instruments:
-            current = self._instruments.get(spec.name)
-            if current is not None and _identity(current.spec) != _identity(spec):
-                raise InstrumentConflict(
-                    f"instrument {spec.name!r} would change from {_describe(current.spec)} to "
-                    f"{_describe(spec)}; the OpenTelemetry SDK cannot redefine an instrument "
-                    "in a running process: rename it, or restart the bridge"
-                )
+    def check(self, plans: Sequence[Plan]) -> None:
+        """Raise :class:`InstrumentConflict` if ``plans`` cannot be installed over these."""
+        seen: dict[str, tuple[InstrumentSpec, str]] = {}
+        for plan in plans:
+            for spec in plan.instruments:
+                other = seen.setdefault(spec.name, (spec, plan.mapping_file))
+                if _identity(other[0]) != _identity(spec):
+                    raise InstrumentConflict(
+                        f"instrument {spec.name!r} is {_describe(other[0])} in {other[1]} but "
+                        f"{_describe(spec)} in {plan.mapping_file}; one name is one instrument"
+                    )
+                current = self._instruments.get(spec.name)
+                if current is not None and _identity(current.spec) != _identity(spec):
+                    raise InstrumentConflict(
+                        f"instrument {spec.name!r} would change from {_describe(current.spec)} "
+                        f"to {_describe(spec)}; the OpenTelemetry SDK cannot redefine an "
+                        "instrument in a running process: rename it, or restart the bridge"
+                    )
 
-    def install(self, plan: Plan) -> None:
-        """Make ``plan``'s instruments the live ones; others stop reporting."""
-        self.check(plan)
-        max_series = plan.rules[0].max_series if plan.rules else 1000
-        wanted = {spec.name: spec for spec in plan.instruments}
+    def install(self, plans: Sequence[Plan]) -> None:
+        """Make the instruments of ``plans`` the live ones; others stop reporting."""
+        self.check(plans)
+        wanted: dict[str, tuple[InstrumentSpec, int]] = {}
+        for plan in plans:
+            max_series = plan.rules[0].max_series if plan.rules else 1000
+            for spec in plan.instruments:
+                wanted[spec.name] = (spec, max_series)
         with self._lock:
             for name, instrument in self._instruments.items():
                 if name not in wanted:
                     instrument.retired = True
                     instrument.by_source.clear()
-            for name, spec in wanted.items():
+            for name, (spec, max_series) in wanted.items():
                 instrument = self._instruments.get(name)
                 if instrument is None:
                     instrument = _Instrument(spec, max_series)
