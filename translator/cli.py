@@ -23,12 +23,11 @@ from translator import __version__
 from translator.engine import Evaluation, evaluate_into
 from translator.errors import ConfigError, MappingError, Problem, SourceError
 from translator.logs import configure as configure_logging
-from translator.mapping import Plan, load_plan
+from translator.mapping import Plan, load_plan, load_plans, mapping_files
 from translator.mapping.plan import SourceFormat
 from translator.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-_MAPPING_SUFFIXES = (".yaml", ".yml")
 
 
 def main() -> None:
@@ -101,7 +100,7 @@ def _run_bridge(
     from translator.runtime import Bridge, install_signal_handlers
 
     configure_logging(settings.log_level, settings.log_format, stderr)
-    plans = load_plans(settings.mapping_path, settings)
+    plans = load_plans(settings.mapping_path, default_source_path=settings.metrics_file_path)
     bridge = Bridge(settings, plans, console=stdout)
     restore_signals = None
     if threading.current_thread() is threading.main_thread():
@@ -121,42 +120,6 @@ def _run_bridge(
     finally:
         if restore_signals is not None:
             restore_signals()
-
-
-def mapping_files(path: str) -> list[str]:
-    """A mapping file, or the mapping files of a directory (recursively, dot-entries skipped:
-    a mounted ConfigMap keeps its real files under ``..data``)."""
-    if not os.path.isdir(path):
-        return [path]
-    found = []
-    for folder, dirs, files in os.walk(path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [
-            os.path.join(folder, f) for f in sorted(files)
-            if f.endswith(_MAPPING_SUFFIXES) and not f.startswith(".")
-            and f not in ("kustomization.yaml", "kustomization.yml")
-        ]
-    return found
-
-
-def load_plans(path: str, settings: Settings | None = None) -> list[Plan]:
-    """Every mapping under ``path``; MappingError lists the problems of all of them."""
-    files = mapping_files(path)
-    if not files:
-        raise MappingError([Problem(path, None, "", "no mapping files (*.yaml, *.yml) here")])
-    plans, problems = [], []
-    default_source = settings.metrics_file_path if settings else None
-    for file in files:
-        try:
-            plans.append(
-                load_plan(file, default_source_path=default_source)
-                if default_source else load_plan(file)
-            )
-        except MappingError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise MappingError(problems)
-    return plans
 
 
 # --- validate -----------------------------------------------------------------------------

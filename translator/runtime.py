@@ -9,6 +9,7 @@ reading, then one last export is made within a bounded time, and the exit status
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,12 +20,15 @@ from typing import Any, TextIO
 from translator.engine import Evaluation, evaluate_into
 from translator.errors import ConfigError, DocumentInvalid, SourceError
 from translator.export import Pipeline, build_resource
+from translator.health import HealthServer
 from translator.instruments import InstrumentConflict, InstrumentRegistry
 from translator.logs import Throttled
+from translator.mapping import load_plans, mapping_files
 from translator.mapping.paths import MISSING
 from translator.mapping.plan import Plan
 from translator.selfmetrics import Stats
 from translator.settings import Settings
+from translator.watch import Waker
 from translator.mapping.plan import SourceFormat
 from translator.sources import DocumentSource, JsonlSource, PathPattern, Snapshot, SourceMissing
 
@@ -67,7 +71,9 @@ class Bridge:
         self._console = console
         self._jobs = [_Job(plan, PathPattern(plan.source.path)) for plan in plans]
         self._stop = threading.Event()
+        self._waker = Waker()
         self._export_wanted = threading.Event()
+        self._mappings = _MappingWatch(settings.mapping_path)
         self._pipeline: Pipeline | None = None
         self._registry: InstrumentRegistry | None = None
         self._throttle = Throttled(_log)
@@ -84,15 +90,35 @@ class Bridge:
     def stop(self) -> None:
         self._stop.set()
         self._export_wanted.set()
+        self._waker.wake()
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz and /readyz report."""
+        loop_age = time.monotonic() - self.loop_heartbeat
+        limit = 3 * self.settings.collection_interval_s + 10
+        last_export = None if self._pipeline is None else self._pipeline.last_export_ok
+        return {
+            "alive": loop_age < limit,
+            "ready": last_export is not False,
+            "loop_age_s": round(loop_age, 3),
+            "last_export_ok": last_export,
+            "mappings": [plan.mapping_file for plan in self.plans],
+            "data_age_s": {k: round(v, 3) for k, v in self.stats.data_age_s().items()},
+        }
 
     def run(self, *, once: bool = False) -> int:
         """Poll until stopped (or once); 0 on a clean stop, 1 if ``once`` could not deliver."""
         if not any(p.needs_document_for_resource for p in self.plans):
             self._start_pipeline(None)
         exporter: threading.Thread | None = None
+        health: HealthServer | None = None
         if not once:
             exporter = threading.Thread(target=self._export_loop, name="export", daemon=True)
             exporter.start()
+            if self.settings.health_port is not None:
+                health = HealthServer(self.settings.health_port, self.health)
+                health.start()
+                _log.info("health endpoints on :%d (/healthz, /readyz)", health.port)
         clean = True
         while True:
             self.loop_heartbeat = time.monotonic()
@@ -104,13 +130,19 @@ class Bridge:
                 continue  # a backlog: keep reading before sleeping
             if once:
                 break
+            self._reload_if_changed()
+            self._waker.watch(self._watched_files())
             delay = RETRY_SOON_S if poll.retry_soon else self.settings.collection_interval_s
-            if self._stop.wait(delay):
+            self._waker.wait(delay)
+            if self._stop.is_set():
                 break
         deadline = time.monotonic() + SHUTDOWN_EXPORT_S
         self._export_wanted.set()
         if exporter is not None:
             exporter.join(timeout=SHUTDOWN_EXPORT_S / 2)
+        if health is not None:
+            health.stop()
+        self._waker.close()
         return self._finish(once=once, clean=clean, deadline=deadline)
 
     @property
@@ -241,6 +273,54 @@ class Bridge:
                 plan.mapping_file, plan.source.path, s.metrics_file_path,
             )
 
+    # --- reloading ------------------------------------------------------------------------
+
+    def _watched_files(self) -> list[str]:
+        files = [*self._mappings.files, self.settings.mapping_path]
+        for job in self._jobs:
+            files.append(job.pattern.pattern)  # for a glob: its directory, if it has no wildcard
+            if job.pattern.is_glob:
+                files.extend(job.sources)
+        return files
+
+    def _reload_if_changed(self) -> None:
+        """Load, validate and compile the mappings again if a file changed, then swap.
+
+        A Kubernetes ConfigMap update swaps a ``..data`` symlink; ``os.stat`` follows it,
+        so the swap shows as a new inode. A mapping that does not validate is logged with
+        the same messages as ``validate`` and the running plan stays.
+        """
+        if not self._mappings.changed():
+            return
+        try:
+            plans = load_plans(
+                self.settings.mapping_path, default_source_path=self.settings.metrics_file_path
+            )
+            if self._registry is not None:
+                self._registry.check(plans)
+        except (ConfigError, InstrumentConflict) as exc:
+            self.stats.reloads["failure"] += 1
+            _log.error("mapping reload rejected; the running mapping stays in force:\n%s", exc)
+            return
+        old = {(job.plan.source, job.pattern.pattern): job for job in self._jobs}
+        jobs = []
+        for plan in plans:
+            job = _Job(plan, PathPattern(plan.source.path))
+            kept = old.pop((plan.source, job.pattern.pattern), None)
+            if kept is not None:
+                job.sources = kept.sources  # same files, same positions: nothing is re-applied
+            jobs.append(job)
+        for job in old.values():
+            for path in job.sources:
+                if self._registry is not None:
+                    self._registry.forget(path)
+        if self._registry is not None:
+            self._registry.install(plans)
+        self._jobs = jobs
+        self.stats.reloads["success"] += 1
+        _log.info("mapping reloaded from %s: %d mapping(s), %d instrument(s)",
+                  self.settings.mapping_path, len(plans), sum(len(p.instruments) for p in plans))
+
     # --- exporting ------------------------------------------------------------------------
 
     def _start_pipeline(self, document: Any) -> None:
@@ -261,11 +341,10 @@ class Bridge:
         )
         self.stats.register(self._pipeline.self_meter)
         registry = InstrumentRegistry(self._pipeline.meter)
-        for plan in self.plans:
-            try:
-                registry.install(plan)
-            except InstrumentConflict as exc:
-                raise ConfigError(f"{plan.mapping_file}: {exc}") from None
+        try:
+            registry.install(self.plans)
+        except InstrumentConflict as exc:
+            raise ConfigError(str(exc)) from None
         self._registry = registry
 
     def _export_loop(self) -> None:
@@ -291,6 +370,33 @@ class Bridge:
         if once:
             return 0 if delivered and clean else 1
         return 0
+
+
+class _MappingWatch:
+    """Notices a change to the mapping files (edited, added, removed, or a symlink swap)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.files: list[str] = []
+        self._seen = self._fingerprint()
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        self.files = mapping_files(self.path)
+        out = []
+        for file in self.files:
+            try:
+                st = os.stat(file)
+                out.append((file, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((file, None))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        now = self._fingerprint()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
 
 
 def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:

@@ -1,0 +1,287 @@
+"""The bridge as a real process, exporting over real sockets to real OTLP receivers.
+
+Every wait is on a condition with a timeout; nothing here sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.otlp_receiver import OtlpReceiver
+from support.process import BridgeProcess, bridge_command, free_port
+from support.rotel import RotelCollector
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+BRIEF = json.loads((ROOT / "tests/cases/brief-default/input.json").read_text())
+JOB = {"job.id": "training-job-123", "model.name": "resnet-50", "dataset": "imagenet"}
+
+Spawn = Callable[..., BridgeProcess]
+
+
+def write_doc(path: Path, *, timestamp: str, loss: float = 0.342, batch: int = 150, **extra: Any) -> None:
+    doc = json.loads(json.dumps(BRIEF))
+    doc["timestamp"] = timestamp
+    doc["training_metrics"].update(training_loss=loss, batch_number=batch, **extra)
+    path.write_text(json.dumps(doc))
+
+
+def bridge_env(receiver: OtlpReceiver, metrics: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "METRICS_FILE_PATH": str(metrics),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.address if receiver.protocol == "grpc" else receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if receiver.protocol == "grpc" else "http/protobuf",
+        "COLLECTION_INTERVAL": "0.2",
+    }
+    env.update(extra)
+    return env
+
+
+def test_grpc_export_to_a_scheme_less_endpoint_carries_every_default_metric(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    # "127.0.0.1:PORT" without a scheme, as the seed deployment's "otel-collector:4317".
+    spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
+    loss = grpc_receiver.wait_for_point("ml.training.loss", **JOB)
+    assert loss.kind == "gauge" and loss.number == 0.342
+    assert loss.resource_attributes["service.name"] == "ml-training-sidecar"
+    batches = grpc_receiver.wait_for_point("ml.training.batch_number")
+    assert (batches.kind, batches.monotonic, batches.number, batches.unit) == ("sum", True, 150, "{batch}")
+    assert batches.temporality == "cumulative"
+    hist = grpc_receiver.wait_for_point("ml.training.processing_time").histogram
+    assert (hist.count, hist.sum) == (1, 245)
+    assert list(hist.explicit_bounds)[:3] == [10, 25, 50]
+    names = grpc_receiver.metric_names()
+    assert {"ml.training.validation_loss", "ml.training.accuracy", "ml.training.learning_rate",
+            "ml.training.gpu_utilization", "ml.training.epoch", "ml.training.throughput"} <= set(names)
+
+
+def test_http_protobuf_export(tmp_path: Path, http_receiver: OtlpReceiver, spawn_bridge: Spawn) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1", loss=0.5)
+    spawn_bridge(bridge_command("run"), env=bridge_env(http_receiver, metrics))
+    point = http_receiver.wait_for_point("ml.training.loss", **JOB)
+    assert point.number == 0.5
+    assert http_receiver.requests[0].headers["content-type"] == "application/x-protobuf"
+
+
+def test_through_a_real_collector(tmp_path: Path, rotel_collector: RotelCollector,
+                                  grpc_receiver: OtlpReceiver, spawn_bridge: Spawn) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1", loss=0.25)
+    env = {"METRICS_FILE_PATH": str(metrics), "OTEL_EXPORTER_OTLP_ENDPOINT": rotel_collector.grpc_address}
+    spawn_bridge(bridge_command("run"), env=env)
+    assert grpc_receiver.wait_for_point("ml.training.loss", **JOB).number == 0.25
+
+
+def test_a_new_version_is_exported_promptly_not_at_the_collection_interval(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1", loss=0.9)
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60"))
+    grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.9)
+    bridge.mark()
+    write_doc(metrics, timestamp="t2", loss=0.8)
+    # With a 60 s interval only a file event can explain an arrival within 5 s.
+    grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.8, timeout_s=5)
+
+
+def test_an_unchanged_document_is_never_recorded_twice(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
+    grpc_receiver.wait_for_point("ml.training.processing_time")
+    seen = grpc_receiver.request_count
+    grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 4, what="4 heartbeat exports")
+    metrics.write_text(metrics.read_text())  # rewritten, same content: not a new version
+    grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 8, what="4 more exports")
+    latest_hist = grpc_receiver.latest("ml.training.processing_time")
+    latest_batches = grpc_receiver.latest("ml.training.batch_number")
+    assert latest_hist is not None and latest_hist.histogram.count == 1
+    assert latest_batches is not None and latest_batches.number == 150
+
+
+def test_series_absent_from_the_newest_document_disappear(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    mapping = tmp_path / "epoch.yaml"
+    mapping.write_text(
+        "version: 1\nattributes:\n  epoch: {path: $.training_metrics.epoch}\n"
+        "metrics:\n  - {name: ml.training.loss, type: gauge, path: $.training_metrics.training_loss}\n"
+    )
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1", epoch=1, loss=0.5)
+    env = bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mapping))
+    spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("ml.training.loss", epoch=1)
+    write_doc(metrics, timestamp="t2", epoch=2, loss=0.4)
+    grpc_receiver.wait_for(
+        lambda: grpc_receiver.series("ml.training.loss") == [{"epoch": 2}],
+        what="only the epoch 2 series in the newest export",
+    )
+
+
+def test_a_stale_file_stops_being_exported(tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn) -> None:
+    mapping = tmp_path / "stale.yaml"
+    mapping.write_text(
+        "version: 1\nsource: {stale_after_s: 1}\n"
+        "metrics:\n  - {name: ml.training.loss, type: gauge, path: $.training_metrics.training_loss}\n"
+    )
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mapping)))
+    grpc_receiver.wait_for_point("ml.training.loss")
+    bridge.wait_for_log(r"no new data for 1 s", stream="stderr")
+    seen = grpc_receiver.request_count
+    grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 2, what="two more exports")
+    assert grpc_receiver.requests[-1].points and all(
+        p.name != "ml.training.loss" for p in grpc_receiver.requests[-1].points
+    )
+
+
+def test_sigterm_flushes_the_latest_values_and_exits_0(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1", batch=10)
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60"))
+    grpc_receiver.wait_for_point("ml.training.batch_number", where=lambda p: p.number == 10)
+    before = grpc_receiver.request_count
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=10) == 0
+    assert grpc_receiver.request_count > before, "the final export on SIGTERM"
+    assert re.search(r"received SIGTERM: stopping", bridge.stderr)
+
+
+def test_resource_and_headers_come_from_the_standard_variables(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    env = bridge_env(
+        grpc_receiver, metrics,
+        OTEL_SERVICE_NAME="trainer-7", OTEL_RESOURCE_ATTRIBUTES="k8s.pod.name=pod-1,deployment.environment=test",
+        OTEL_EXPORTER_OTLP_HEADERS="x-api-key=s3cr3t-value", LOG_LEVEL="DEBUG",
+    )
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    point = grpc_receiver.wait_for_point("ml.training.loss")
+    assert point.resource_attributes["service.name"] == "trainer-7"
+    assert point.resource_attributes["k8s.pod.name"] == "pod-1"
+    assert grpc_receiver.requests[-1].headers["x-api-key"] == "s3cr3t-value"
+    assert bridge.terminate_and_wait() == 0
+    assert "s3cr3t" not in bridge.output
+
+
+def test_bad_values_are_dropped_counted_and_logged_once(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    doc = json.loads(json.dumps(BRIEF))
+    doc["training_metrics"]["training_loss"] = float("nan")
+    metrics.write_text(json.dumps(doc))  # Python writes the bare NaN literal
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
+    dropped = grpc_receiver.wait_for_point(
+        "ml_metrics_bridge.points.dropped", **{"metric.name": "ml.training.loss", "reason": "non_finite"}
+    )
+    assert dropped.number == 1 and dropped.attributes["rule"] == "metrics[0]"
+    assert grpc_receiver.latest("ml.training.loss") is None
+    assert grpc_receiver.wait_for_point("ml.training.accuracy").number == 0.876
+    bridge.wait_for_log(r"metrics\[0\] ml\.training\.loss: point dropped \(non_finite\)", stream="stderr")
+
+
+def _get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_health_endpoints_follow_export_outcomes(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    import grpc
+
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    port = free_port()
+    env = bridge_env(grpc_receiver, metrics, HEALTH_PORT=str(port), OTEL_EXPORTER_OTLP_TIMEOUT="500")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    bridge.wait_for_log(r"health endpoints on :\d+", stream="stderr")
+    grpc_receiver.wait_for_point("ml.training.loss")
+    base = f"http://127.0.0.1:{port}"
+    assert _get(base + "/healthz")[0] == 200
+    grpc_receiver.wait_for(lambda: _get(base + "/readyz")[0] == 200, what="ready")
+    grpc_receiver.fail_with(grpc.StatusCode.UNAVAILABLE)
+    grpc_receiver.wait_for(lambda: _get(base + "/readyz")[0] == 503, what="not ready while exports fail")
+    status, body = _get(base + "/readyz")
+    assert body["last_export_ok"] is False
+    assert _get(base + "/healthz")[0] == 200, "failing exports do not make the process unhealthy"
+    grpc_receiver.succeed()
+    grpc_receiver.wait_for(lambda: _get(base + "/readyz")[0] == 200, what="ready again")
+    bridge.wait_for_log(r"export to .* failed: .*logged once per outage", stream="stderr")
+    bridge.wait_for_log(r"export to .* recovered after \d+ failed attempts", stream="stderr")
+    assert len(re.findall(r"export to \S+ \(OTLP/gRPC\) failed:", bridge.stderr)) == 1
+
+
+def _configmap_dir(root: Path, version: str, mapping: str) -> None:
+    """Lay out a directory the way the kubelet mounts a ConfigMap, and swap to ``version``."""
+    (root / version).mkdir()
+    (root / version / "ml-training.yaml").write_text(mapping)
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(version)
+    os.replace(tmp, root / "..data")
+    link = root / "ml-training.yaml"
+    if not link.is_symlink():
+        link.symlink_to("..data/ml-training.yaml")
+
+
+def test_configmap_symlink_swap_reloads_and_a_bad_mapping_keeps_the_old_one(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    mounted = tmp_path / "mappings"
+    mounted.mkdir()
+    head = "version: 1\nsource: {version_path: $.timestamp}\nmetrics:\n"
+    loss = "  - {name: ml.training.loss, type: gauge, path: $.training_metrics.training_loss}\n"
+    acc = "  - {name: ml.training.accuracy, type: gauge, unit: '1', path: $.training_metrics.accuracy}\n"
+    _configmap_dir(mounted, "..v1", head + loss)
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    env = bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mounted))
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("ml.training.loss")
+    assert grpc_receiver.latest("ml.training.accuracy") is None
+
+    _configmap_dir(mounted, "..v2", head + acc)
+    bridge.wait_for_log(r"mapping reloaded from", stream="stderr")
+    write_doc(metrics, timestamp="t2")
+    grpc_receiver.wait_for(
+        lambda: {p.name for p in grpc_receiver.requests[-1].points if p.name.startswith("ml.training")}
+        == {"ml.training.accuracy"},
+        what="accuracy exported and loss retired",
+    )
+
+    _configmap_dir(mounted, "..v3", head + "  - {name: ml.training.loss, type: gauge, path: loss}\n")
+    bridge.wait_for_log(r"mapping reload rejected", stream="stderr")
+    assert re.search(
+        r"ml-training\.yaml:4: metrics\[0\]\.path: 'loss' is not a JSONPath", bridge.stderr
+    )
+    failures = grpc_receiver.wait_for_point("ml_metrics_bridge.config.reloads", outcome="failure")
+    assert failures.number == 1
+    write_doc(metrics, timestamp="t3", accuracy=0.9)
+    grpc_receiver.wait_for_point("ml.training.accuracy", where=lambda p: p.number == 0.9)
