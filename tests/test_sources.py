@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -131,3 +132,27 @@ def test_same_size_rewrite_within_the_timestamp_tick_is_still_seen(tmp_path: Pat
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
     snapshot = source.poll()
     assert snapshot is not None and snapshot.records == [{"a": 2}]
+
+
+def test_history_records_are_applied_once_across_rewrites_shrinks_and_growth(tmp_path: Path) -> None:
+    f = tmp_path / "trainer_state.json"
+    plan = compile_mapping(
+        f"version: 1\nsource: {{path: {f}, records: '$.log_history[*]', record_key: [$.step, $.eval_loss]}}\n"
+        "metrics:\n  - {name: a, type: gauge, path: $.loss}\n",
+        "m.yaml", environ={},
+    )
+    source = DocumentSource(str(f), plan.source)
+
+    def write(*records: dict[str, float]) -> list[dict[str, float]]:
+        f.write_text(json.dumps({"global_step": 0, "log_history": list(records)}))
+        snapshot = source.poll()
+        return [] if snapshot is None else snapshot.records
+
+    s1, s2 = {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}
+    e2 = {"step": 2, "eval_loss": 0.95}
+    assert write(s1, s2) == [s1, s2]
+    assert write(s1, s2, e2) == [e2]  # same step, other kind of record: new
+    assert write(s1) == []  # resumed from a checkpoint: the array shrinks
+    s3 = {"step": 3, "loss": 0.8}
+    assert write(s1, {"step": 2, "loss": 0.91}, s3) == [s3]  # grows again: only the new step
+    assert not write(s1, s2, e2, s3)  # nothing new
