@@ -285,3 +285,38 @@ def test_configmap_symlink_swap_reloads_and_a_bad_mapping_keeps_the_old_one(
     assert failures.number == 1
     write_doc(metrics, timestamp="t3", accuracy=0.9)
     grpc_receiver.wait_for_point("ml.training.accuracy", where=lambda p: p.number == 0.9)
+
+
+def test_glob_source_tracks_files_appearing_and_disappearing_with_path_attributes(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    runs = tmp_path / "runs"
+    (runs / "run-a").mkdir(parents=True)
+    mapping = tmp_path / "hf.yaml"
+    mapping.write_text(
+        (ROOT / "mappings/examples/huggingface-trainer.yaml").read_text()
+        .replace("/shared/runs/{run_id}/trainer_state.json", f"{runs}/{{run_id}}/trainer_state.json")
+    )
+
+    def state(path: Path, *losses: float) -> None:
+        history = [{"epoch": i / 10, "loss": loss, "step": (i + 1) * 10} for i, loss in enumerate(losses)]
+        path.write_text(json.dumps({"global_step": len(losses) * 10, "log_history": history}))
+
+    state(runs / "run-a" / "trainer_state.json", 1.0, 0.8)
+    env = {"MAPPING_PATH": str(mapping), "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.address,
+           "COLLECTION_INTERVAL": "0.2"}
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    a = grpc_receiver.wait_for_point("hf.trainer.loss", run_id="run-a", split="train")
+    assert a.number == 0.8
+    assert grpc_receiver.wait_for_point("hf.trainer.step", run_id="run-a").number == 20
+
+    (runs / "run-b").mkdir()
+    state(runs / "run-b" / "trainer_state.json", 2.0)
+    assert grpc_receiver.wait_for_point("hf.trainer.loss", run_id="run-b").number == 2.0
+
+    (runs / "run-a" / "trainer_state.json").unlink()
+    grpc_receiver.wait_for(
+        lambda: [s["run_id"] for s in grpc_receiver.series("hf.trainer.loss")] == ["run-b"],
+        what="run-a's series gone, run-b's still there",
+    )
+    bridge.wait_for_log(r"run-a/trainer_state\.json: file is gone", stream="stderr")
