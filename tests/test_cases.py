@@ -22,14 +22,24 @@ def _input_of(case: Path) -> Path:
     return found
 
 
-@pytest.mark.parametrize("case", sorted(p for p in CASES.iterdir() if p.is_dir()), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "case", sorted(p for p in CASES.iterdir() if p.is_dir()), ids=lambda p: p.name
+)
 def test_case_produces_its_expected_points(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("WANDB_RUN_ID", "HOSTNAME_OVERRIDE"):
         monkeypatch.delenv(variable, raising=False)
     out, err = io.StringIO(), io.StringIO()
     status = run(
-        ["preview", "--mapping", str(case / "mapping.yaml"), str(_input_of(case)), "--format", "json"],
-        out, err,
+        [
+            "preview",
+            "--mapping",
+            str(case / "mapping.yaml"),
+            str(_input_of(case)),
+            "--format",
+            "json",
+        ],
+        out,
+        err,
     )
     assert status == 0, err.getvalue()
     expected = json.loads((case / "expected.json").read_text())

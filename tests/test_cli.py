@@ -56,24 +56,42 @@ def test_preview_json_lists_points_and_drops(tmp_path: Path) -> None:
     doc["training_metrics"]["accuracy"] = "high"
     source = tmp_path / "in.json"
     source.write_text(json.dumps(doc))
-    status, out, _ = call("preview", "--mapping", str(ROOT / "mappings/ml-training.yaml"), str(source), "--format", "json")
+    status, out, _ = call(
+        "preview",
+        "--mapping",
+        str(ROOT / "mappings/ml-training.yaml"),
+        str(source),
+        "--format",
+        "json",
+    )
     assert status == 0
     rows = json.loads(out)
     points = {r["name"]: r for r in rows if "dropped" not in r}
     assert points["ml.training.batch_number"] == {
-        "record": 0, "name": "ml.training.batch_number", "type": "counter", "unit": "{batch}",
+        "record": 0,
+        "name": "ml.training.batch_number",
+        "type": "counter",
+        "unit": "{batch}",
         "value": 150,
-        "attributes": {"dataset": "imagenet", "job.id": "training-job-123", "model.name": "resnet-50"},
+        "attributes": {
+            "dataset": "imagenet",
+            "job.id": "training-job-123",
+            "model.name": "resnet-50",
+        },
     }
     (dropped,) = [r for r in rows if "dropped" in r]
     assert dropped["name"] == "ml.training.accuracy"
     assert dropped["dropped"] == {
-        "reason": "not_a_number", "detail": "$.training_metrics.accuracy = 'high'", "rule": "metrics[2]",
+        "reason": "not_a_number",
+        "detail": "$.training_metrics.accuracy = 'high'",
+        "rule": "metrics[2]",
     }
 
 
 def test_preview_table_reports_series_per_metric() -> None:
-    status, out, _ = call("preview", "--mapping", str(ROOT / "mappings/ml-training.yaml"), str(BRIEF))
+    status, out, _ = call(
+        "preview", "--mapping", str(ROOT / "mappings/ml-training.yaml"), str(BRIEF)
+    )
     assert status == 0
     assert "series per metric (distinct attribute sets):" in out
     assert re.search(r"^  ml\.training\.loss\s+1$", out, re.M)
@@ -82,17 +100,61 @@ def test_preview_table_reports_series_per_metric() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("COLLECTION_INTERVAL", "fast", "COLLECTION_INTERVAL: 'fast' is not a number of seconds between 0.05 and 86400"),
-        ("COLLECTION_INTERVAL", "0", "COLLECTION_INTERVAL: '0' is not a number of seconds between 0.05 and 86400"),
-        ("LOG_LEVEL", "loud", "LOG_LEVEL: 'loud' is not one of: DEBUG, INFO, WARNING, ERROR, CRITICAL"),
-        ("MAPPING_PATH", "/nope.yaml", "MAPPING_PATH: '/nope.yaml' does not exist; give a mapping file or a directory of them"),
-        ("OTEL_METRICS_EXPORTER", "zipkin", "OTEL_METRICS_EXPORTER: 'zipkin': use a comma-separated list of otlp, console, prometheus, none"),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift", "OTEL_EXPORTER_OTLP_PROTOCOL: 'thrift' is not one of: grpc, http/protobuf"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:99999", "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:99999' has a bad port; expected host:port or http(s)://host:port"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c:21", "OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://c:21' is not an endpoint; expected host:port or http(s)://host:port"),
-        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key", "OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value (values are not shown: they may be secret)"),
-        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nope.pem", "OTEL_EXPORTER_OTLP_CERTIFICATE: '/nope.pem' is not a readable file"),
-        ("OTEL_EXPORTER_OTLP_INSECURE", "maybe", "OTEL_EXPORTER_OTLP_INSECURE: 'maybe' is not true or false"),
+        (
+            "COLLECTION_INTERVAL",
+            "fast",
+            "COLLECTION_INTERVAL: 'fast' is not a number of seconds between 0.05 and 86400",
+        ),
+        (
+            "COLLECTION_INTERVAL",
+            "0",
+            "COLLECTION_INTERVAL: '0' is not a number of seconds between 0.05 and 86400",
+        ),
+        (
+            "LOG_LEVEL",
+            "loud",
+            "LOG_LEVEL: 'loud' is not one of: DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+        (
+            "MAPPING_PATH",
+            "/nope.yaml",
+            "MAPPING_PATH: '/nope.yaml' does not exist; give a mapping file or a directory of them",
+        ),
+        (
+            "OTEL_METRICS_EXPORTER",
+            "zipkin",
+            "OTEL_METRICS_EXPORTER: 'zipkin': use a comma-separated list of otlp, console, prometheus, none",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "thrift",
+            "OTEL_EXPORTER_OTLP_PROTOCOL: 'thrift' is not one of: grpc, http/protobuf",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "collector:99999",
+            "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:99999' has a bad port; expected host:port or http(s)://host:port",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "ftp://c:21",
+            "OTEL_EXPORTER_OTLP_ENDPOINT: 'ftp://c:21' is not an endpoint; expected host:port or http(s)://host:port",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "api-key",
+            "OTEL_EXPORTER_OTLP_HEADERS: entry 1 is not key=value (values are not shown: they may be secret)",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nope.pem",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE: '/nope.pem' is not a readable file",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_INSECURE",
+            "maybe",
+            "OTEL_EXPORTER_OTLP_INSECURE: 'maybe' is not true or false",
+        ),
         ("HEALTH_PORT", "http", "HEALTH_PORT: 'http' is not a TCP port (1-65535)"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT: 'xml' is not one of: text, json"),
     ],
@@ -101,7 +163,7 @@ def test_bad_setting_exits_2_naming_the_variable(
     variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(variable, value)
-    status, out, err = call("run", "--once")
+    status, _, err = call("run", "--once")
     assert status == 2
     assert err == f"ml-metrics-bridge: configuration error:\n{message}\n"
 
@@ -127,8 +189,7 @@ def test_bad_mapping_at_start_exits_2_with_its_problems(tmp_path: Path) -> None:
     status, _, err = call("run", "--once", "--mapping", str(mapping))
     assert status == 2
     assert err == (
-        "ml-metrics-bridge: configuration error:\n"
-        f"{mapping}:2: metrics: [] should be non-empty\n"
+        f"ml-metrics-bridge: configuration error:\n{mapping}:2: metrics: [] should be non-empty\n"
     )
 
 
@@ -145,7 +206,9 @@ def test_run_once_prints_the_documents_metrics_with_the_console_exporter(
     assert f"  ml.training.processing_time{labels} count=1 sum=245 min=245 max=245 [ms]\n" in out
 
 
-def test_run_once_exits_1_when_the_file_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_once_exits_1_when_the_file_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("METRICS_FILE_PATH", str(tmp_path / "absent.json"))
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     status, _, err = call("run", "--once")
@@ -157,4 +220,6 @@ def test_demo_prints_simulated_training_metrics_until_stopped() -> None:
     status, out, err = call("demo", "--duration-s", "2.5", "--interval-s", "0.5")
     assert status == 0, err
     assert out.count("--- export at") >= 2
-    assert re.search(r"ml\.training\.batch_number\{.*job\.id=training-job-123.*\} [1-9]\d* \[\{batch\}\]", out)
+    assert re.search(
+        r"ml\.training\.batch_number\{.*job\.id=training-job-123.*\} [1-9]\d* \[\{batch\}\]", out
+    )

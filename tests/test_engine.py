@@ -12,7 +12,9 @@ from translator.mapping import compile_mapping
 
 
 def plan_of(metrics: str, extra: str = "", environ: dict[str, str] | None = None) -> Any:
-    return compile_mapping(f"version: 1\n{extra}metrics:\n{metrics}", "m.yaml", environ=environ or {})
+    return compile_mapping(
+        f"version: 1\n{extra}metrics:\n{metrics}", "m.yaml", environ=environ or {}
+    )
 
 
 def values(metric_yaml: str, record: Any) -> tuple[list[Any], list[str]]:
@@ -40,7 +42,9 @@ def values(metric_yaml: str, record: Any) -> tuple[list[Any], list[str]]:
 def test_value_pipeline_turns_raw_json_into_the_exported_number(
     options: str, raw: Any, expected: float
 ) -> None:
-    got, drops = values(f"  - {{name: a, type: gauge, path: $.v, {options}}}\n".replace(", }", "}"), {"v": raw})
+    got, drops = values(
+        f"  - {{name: a, type: gauge, path: $.v, {options}}}\n".replace(", }", "}"), {"v": raw}
+    )
     assert drops == []
     assert got == [expected]
     assert type(got[0]) is type(expected)
@@ -101,7 +105,11 @@ def test_fan_out_gives_one_point_per_element_with_element_and_root_attributes() 
         "    attributes:\n      gpu.index: {path: $.index}\n      host: {root_path: $.hostname}\n",
         extra="attributes:\n  job: {path: $.job}\n  team: ml\n",
     )
-    record = {"hostname": "n1", "job": "j", "gpus": [{"index": 0, "util": 10}, {"index": 1, "util": 20}]}
+    record = {
+        "hostname": "n1",
+        "job": "j",
+        "gpus": [{"index": 0, "util": 10}, {"index": 1, "util": 20}],
+    }
     result = evaluate(plan, record)
     assert [(dict(p.attributes), p.value) for p in result.points] == [
         ({"gpu.index": 0, "host": "n1", "job": "j", "team": "ml"}, 10),
@@ -123,7 +131,9 @@ def test_missing_attribute_drops_the_point_unless_it_has_a_default() -> None:
 
 
 def test_non_scalar_or_huge_attribute_values_are_refused() -> None:
-    plan = plan_of("  - {name: a, type: gauge, path: $.v}\n", extra="attributes:\n  job: {path: $.job}\n")
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: $.v}\n", extra="attributes:\n  job: {path: $.job}\n"
+    )
     for job in ({"x": 1}, [1], "x" * 5000):
         (drop,) = evaluate(plan, {"v": 1, "job": job}).drops
         assert drop.reason is DropReason.BAD_ATTRIBUTE
@@ -138,7 +148,8 @@ def test_when_filters_records_and_one_name_can_take_several_rules() -> None:
     train = evaluate(plan, {"loss": 0.5, "lr": 0.1, "phase": "train"})
     evaluation = evaluate(plan, {"eval_loss": 0.7, "lr": 0.1, "phase": "eval"})
     assert [(p.rule.name, dict(p.attributes), p.value) for p in train.points] == [
-        ("loss", {"split": "train"}, 0.5), ("lr", {}, 0.1),
+        ("loss", {"split": "train"}, 0.5),
+        ("lr", {}, 0.1),
     ]
     assert [(p.rule.name, dict(p.attributes), p.value) for p in evaluation.points] == [
         ("loss", {"split": "eval"}, 0.7),
@@ -146,7 +157,9 @@ def test_when_filters_records_and_one_name_can_take_several_rules() -> None:
     assert train.drops == evaluation.drops == []
 
 
-@pytest.mark.parametrize("record", [None, 1, "x", [], [1, 2], {"training_metrics": []}, {"a": {"b": None}}])
+@pytest.mark.parametrize(
+    "record", [None, 1, "x", [], [1, 2], {"training_metrics": []}, {"a": {"b": None}}]
+)
 def test_any_json_shape_gives_drops_not_exceptions(record: Any) -> None:
     plan = plan_of(
         "  - {name: a, type: gauge, path: $.training_metrics.loss}\n"

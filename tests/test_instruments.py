@@ -57,10 +57,15 @@ def harness_of() -> Iterator[Any]:
         h.provider.shutdown()
 
 
-def test_gauge_series_absent_from_the_newest_document_is_no_longer_exported(harness_of: Any) -> None:
-    h = harness_of(compile_metrics(
-        "  - {name: loss, type: gauge, path: $.loss}\n", extra="attributes:\n  epoch: {path: $.epoch}\n"
-    ))
+def test_gauge_series_absent_from_the_newest_document_is_no_longer_exported(
+    harness_of: Any,
+) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: loss, type: gauge, path: $.loss}\n",
+            extra="attributes:\n  epoch: {path: $.epoch}\n",
+        )
+    )
     h.apply({"epoch": 1, "loss": 0.5})
     assert h.collect()["loss"] == [({"epoch": 1}, 0.5)]
     h.apply({"epoch": 2, "loss": 0.4})
@@ -80,26 +85,33 @@ def test_running_total_is_reported_as_is_and_a_decrease_is_a_reset_not_a_negativ
 
 
 def test_increment_counter_adds_every_record(harness_of: Any) -> None:
-    h = harness_of(compile_metrics("  - {name: tokens, type: counter, mode: increment, path: $.n}\n"))
+    h = harness_of(
+        compile_metrics("  - {name: tokens, type: counter, mode: increment, path: $.n}\n")
+    )
     for n in (5, 7, 0):
         h.apply({"n": n}, replaces=False)
     assert h.collect()["tokens"] == [({}, 12)]
 
 
 def test_histogram_records_one_observation_per_applied_document(harness_of: Any) -> None:
-    h = harness_of(compile_metrics(
-        "  - {name: step_time, type: histogram, unit: ms, path: $.t, buckets: [100, 200, 300]}\n"
-    ))
+    h = harness_of(
+        compile_metrics(
+            "  - {name: step_time, type: histogram, unit: ms, path: $.t, buckets: [100, 200, 300]}\n"
+        )
+    )
     for t in (50, 250, 250):
         h.apply({"t": t})
-    ((attrs, (count, total, buckets)),) = h.collect()["step_time"]
+    ((_, (count, total, buckets)),) = h.collect()["step_time"]
     assert (count, total, buckets) == (3, 550, [1, 0, 2, 0])
 
 
 def test_forgetting_a_source_stops_its_series_and_only_its_series(harness_of: Any) -> None:
-    h = harness_of(compile_metrics(
-        "  - {name: loss, type: gauge, path: $.loss}\n", extra="attributes:\n  run: {path: $.run}\n"
-    ))
+    h = harness_of(
+        compile_metrics(
+            "  - {name: loss, type: gauge, path: $.loss}\n",
+            extra="attributes:\n  run: {path: $.run}\n",
+        )
+    )
     h.apply({"run": "a", "loss": 1.0}, source="a.json")
     h.apply({"run": "b", "loss": 2.0}, source="b.json")
     h.registry.forget("a.json")
@@ -107,10 +119,12 @@ def test_forgetting_a_source_stops_its_series_and_only_its_series(harness_of: An
 
 
 def test_cardinality_guard_drops_and_counts_series_past_the_limit(harness_of: Any) -> None:
-    h = harness_of(compile_metrics(
-        "  - {name: loss, type: gauge, path: $.loss}\n",
-        extra="limits: {max_series_per_metric: 2}\nattributes:\n  step: {path: $.step}\n",
-    ))
+    h = harness_of(
+        compile_metrics(
+            "  - {name: loss, type: gauge, path: $.loss}\n",
+            extra="limits: {max_series_per_metric: 2}\nattributes:\n  step: {path: $.step}\n",
+        )
+    )
     drops = []
     for step in range(4):
         drops += h.apply({"step": step, "loss": 0.1}, replaces=False)
@@ -119,9 +133,11 @@ def test_cardinality_guard_drops_and_counts_series_past_the_limit(harness_of: An
 
 
 def test_reinstalling_a_plan_retires_instruments_it_no_longer_has(harness_of: Any) -> None:
-    h = harness_of(compile_metrics(
-        "  - {name: loss, type: gauge, path: $.loss}\n  - {name: acc, type: gauge, path: $.acc}\n"
-    ))
+    h = harness_of(
+        compile_metrics(
+            "  - {name: loss, type: gauge, path: $.loss}\n  - {name: acc, type: gauge, path: $.acc}\n"
+        )
+    )
     h.apply({"loss": 1.0, "acc": 0.5})
     smaller = compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n")
     h.registry.install([smaller])
@@ -133,4 +149,6 @@ def test_reinstalling_a_plan_retires_instruments_it_no_longer_has(harness_of: An
 def test_reinstalling_with_a_changed_instrument_type_is_refused(harness_of: Any) -> None:
     h = harness_of(compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n"))
     with pytest.raises(InstrumentConflict, match="would change from gauge"):
-        h.registry.install([compile_metrics("  - {name: loss, type: counter, mode: total, path: $.loss}\n")])
+        h.registry.install(
+            [compile_metrics("  - {name: loss, type: counter, mode: total, path: $.loss}\n")]
+        )

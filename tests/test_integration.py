@@ -29,7 +29,9 @@ JOB = {"job.id": "training-job-123", "model.name": "resnet-50", "dataset": "imag
 Spawn = Callable[..., BridgeProcess]
 
 
-def write_doc(path: Path, *, timestamp: str, loss: float = 0.342, batch: int = 150, **extra: Any) -> None:
+def write_doc(
+    path: Path, *, timestamp: str, loss: float = 0.342, batch: int = 150, **extra: Any
+) -> None:
     doc = json.loads(json.dumps(BRIEF))
     doc["timestamp"] = timestamp
     doc["training_metrics"].update(training_loss=loss, batch_number=batch, **extra)
@@ -39,7 +41,9 @@ def write_doc(path: Path, *, timestamp: str, loss: float = 0.342, batch: int = 1
 def bridge_env(receiver: OtlpReceiver, metrics: Path, **extra: str) -> dict[str, str]:
     env = {
         "METRICS_FILE_PATH": str(metrics),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.address if receiver.protocol == "grpc" else receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.address
+        if receiver.protocol == "grpc"
+        else receiver.endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if receiver.protocol == "grpc" else "http/protobuf",
         "COLLECTION_INTERVAL": "0.2",
     }
@@ -58,17 +62,30 @@ def test_grpc_export_to_a_scheme_less_endpoint_carries_every_default_metric(
     assert loss.kind == "gauge" and loss.number == 0.342
     assert loss.resource_attributes["service.name"] == "ml-training-sidecar"
     batches = grpc_receiver.wait_for_point("ml.training.batch_number")
-    assert (batches.kind, batches.monotonic, batches.number, batches.unit) == ("sum", True, 150, "{batch}")
+    assert (batches.kind, batches.monotonic, batches.number, batches.unit) == (
+        "sum",
+        True,
+        150,
+        "{batch}",
+    )
     assert batches.temporality == "cumulative"
     hist = grpc_receiver.wait_for_point("ml.training.processing_time").histogram
     assert (hist.count, hist.sum) == (1, 245)
     assert list(hist.explicit_bounds)[:3] == [10, 25, 50]
     names = grpc_receiver.metric_names()
-    assert {"ml.training.validation_loss", "ml.training.accuracy", "ml.training.learning_rate",
-            "ml.training.gpu_utilization", "ml.training.epoch", "ml.training.throughput"} <= set(names)
+    assert {
+        "ml.training.validation_loss",
+        "ml.training.accuracy",
+        "ml.training.learning_rate",
+        "ml.training.gpu_utilization",
+        "ml.training.epoch",
+        "ml.training.throughput",
+    } <= set(names)
 
 
-def test_http_protobuf_export(tmp_path: Path, http_receiver: OtlpReceiver, spawn_bridge: Spawn) -> None:
+def test_http_protobuf_export(
+    tmp_path: Path, http_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1", loss=0.5)
     spawn_bridge(bridge_command("run"), env=bridge_env(http_receiver, metrics))
@@ -77,11 +94,18 @@ def test_http_protobuf_export(tmp_path: Path, http_receiver: OtlpReceiver, spawn
     assert http_receiver.requests[0].headers["content-type"] == "application/x-protobuf"
 
 
-def test_through_a_real_collector(tmp_path: Path, rotel_collector: RotelCollector,
-                                  grpc_receiver: OtlpReceiver, spawn_bridge: Spawn) -> None:
+def test_through_a_real_collector(
+    tmp_path: Path,
+    rotel_collector: RotelCollector,
+    grpc_receiver: OtlpReceiver,
+    spawn_bridge: Spawn,
+) -> None:
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1", loss=0.25)
-    env = {"METRICS_FILE_PATH": str(metrics), "OTEL_EXPORTER_OTLP_ENDPOINT": rotel_collector.grpc_address}
+    env = {
+        "METRICS_FILE_PATH": str(metrics),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": rotel_collector.grpc_address,
+    }
     spawn_bridge(bridge_command("run"), env=env)
     assert grpc_receiver.wait_for_point("ml.training.loss", **JOB).number == 0.25
 
@@ -91,7 +115,9 @@ def test_a_new_version_is_exported_promptly_not_at_the_collection_interval(
 ) -> None:
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1", loss=0.9)
-    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60"))
+    bridge = spawn_bridge(
+        bridge_command("run"), env=bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60")
+    )
     grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.9)
     bridge.mark()
     write_doc(metrics, timestamp="t2", loss=0.8)
@@ -107,7 +133,9 @@ def test_an_unchanged_document_is_never_recorded_twice(
     spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
     grpc_receiver.wait_for_point("ml.training.processing_time")
     seen = grpc_receiver.request_count
-    grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 4, what="4 heartbeat exports")
+    grpc_receiver.wait_for(
+        lambda: grpc_receiver.request_count >= seen + 4, what="4 heartbeat exports"
+    )
     metrics.write_text(metrics.read_text())  # rewritten, same content: not a new version
     grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 8, what="4 more exports")
     latest_hist = grpc_receiver.latest("ml.training.processing_time")
@@ -136,7 +164,9 @@ def test_series_absent_from_the_newest_document_disappear(
     )
 
 
-def test_a_stale_file_stops_being_exported(tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn) -> None:
+def test_a_stale_file_stops_being_exported(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
     mapping = tmp_path / "stale.yaml"
     mapping.write_text(
         "version: 1\nsource: {stale_after_s: 1}\n"
@@ -144,7 +174,9 @@ def test_a_stale_file_stops_being_exported(tmp_path: Path, grpc_receiver: OtlpRe
     )
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1")
-    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mapping)))
+    bridge = spawn_bridge(
+        bridge_command("run"), env=bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mapping))
+    )
     grpc_receiver.wait_for_point("ml.training.loss")
     bridge.wait_for_log(r"no new data for 1 s", stream="stderr")
     seen = grpc_receiver.request_count
@@ -159,7 +191,9 @@ def test_sigterm_flushes_the_latest_values_and_exits_0(
 ) -> None:
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1", batch=10)
-    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60"))
+    bridge = spawn_bridge(
+        bridge_command("run"), env=bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60")
+    )
     grpc_receiver.wait_for_point("ml.training.batch_number", where=lambda p: p.number == 10)
     before = grpc_receiver.request_count
     bridge.send_signal(signal.SIGTERM)
@@ -174,9 +208,12 @@ def test_resource_and_headers_come_from_the_standard_variables(
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1")
     env = bridge_env(
-        grpc_receiver, metrics,
-        OTEL_SERVICE_NAME="trainer-7", OTEL_RESOURCE_ATTRIBUTES="k8s.pod.name=pod-1,deployment.environment=test",
-        OTEL_EXPORTER_OTLP_HEADERS="x-api-key=s3cr3t-value", LOG_LEVEL="DEBUG",
+        grpc_receiver,
+        metrics,
+        OTEL_SERVICE_NAME="trainer-7",
+        OTEL_RESOURCE_ATTRIBUTES="k8s.pod.name=pod-1,deployment.environment=test",
+        OTEL_EXPORTER_OTLP_HEADERS="x-api-key=s3cr3t-value",
+        LOG_LEVEL="DEBUG",
     )
     bridge = spawn_bridge(bridge_command("run"), env=env)
     point = grpc_receiver.wait_for_point("ml.training.loss")
@@ -196,12 +233,15 @@ def test_bad_values_are_dropped_counted_and_logged_once(
     metrics.write_text(json.dumps(doc))  # Python writes the bare NaN literal
     bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
     dropped = grpc_receiver.wait_for_point(
-        "ml_metrics_bridge.points.dropped", **{"metric.name": "ml.training.loss", "reason": "non_finite"}
+        "ml_metrics_bridge.points.dropped",
+        **{"metric.name": "ml.training.loss", "reason": "non_finite"},
     )
     assert dropped.number == 1 and dropped.attributes["rule"] == "metrics[0]"
     assert grpc_receiver.latest("ml.training.loss") is None
     assert grpc_receiver.wait_for_point("ml.training.accuracy").number == 0.876
-    bridge.wait_for_log(r"metrics\[0\] ml\.training\.loss: point dropped \(non_finite\)", stream="stderr")
+    bridge.wait_for_log(
+        r"metrics\[0\] ml\.training\.loss: point dropped \(non_finite\)", stream="stderr"
+    )
 
 
 def _get(url: str) -> tuple[int, dict[str, Any]]:
@@ -220,7 +260,9 @@ def test_health_endpoints_follow_export_outcomes(
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1")
     port = free_port()
-    env = bridge_env(grpc_receiver, metrics, HEALTH_PORT=str(port), OTEL_EXPORTER_OTLP_TIMEOUT="500")
+    env = bridge_env(
+        grpc_receiver, metrics, HEALTH_PORT=str(port), OTEL_EXPORTER_OTLP_TIMEOUT="500"
+    )
     bridge = spawn_bridge(bridge_command("run"), env=env)
     bridge.wait_for_log(r"health endpoints on :\d+", stream="stderr")
     grpc_receiver.wait_for_point("ml.training.loss")
@@ -228,8 +270,10 @@ def test_health_endpoints_follow_export_outcomes(
     assert _get(base + "/healthz")[0] == 200
     grpc_receiver.wait_for(lambda: _get(base + "/readyz")[0] == 200, what="ready")
     grpc_receiver.fail_with(grpc.StatusCode.UNAVAILABLE)
-    grpc_receiver.wait_for(lambda: _get(base + "/readyz")[0] == 503, what="not ready while exports fail")
-    status, body = _get(base + "/readyz")
+    grpc_receiver.wait_for(
+        lambda: _get(base + "/readyz")[0] == 503, what="not ready while exports fail"
+    )
+    _, body = _get(base + "/readyz")
     assert body["last_export_ok"] is False
     assert _get(base + "/healthz")[0] == 200, "failing exports do not make the process unhealthy"
     grpc_receiver.succeed()
@@ -271,12 +315,16 @@ def test_configmap_symlink_swap_reloads_and_a_bad_mapping_keeps_the_old_one(
     bridge.wait_for_log(r"mapping reloaded from", stream="stderr")
     write_doc(metrics, timestamp="t2")
     grpc_receiver.wait_for(
-        lambda: {p.name for p in grpc_receiver.requests[-1].points if p.name.startswith("ml.training")}
-        == {"ml.training.accuracy"},
+        lambda: (
+            {p.name for p in grpc_receiver.requests[-1].points if p.name.startswith("ml.training")}
+            == {"ml.training.accuracy"}
+        ),
         what="accuracy exported and loss retired",
     )
 
-    _configmap_dir(mounted, "..v3", head + "  - {name: ml.training.loss, type: gauge, path: loss}\n")
+    _configmap_dir(
+        mounted, "..v3", head + "  - {name: ml.training.loss, type: gauge, path: loss}\n"
+    )
     bridge.wait_for_log(r"mapping reload rejected", stream="stderr")
     assert re.search(
         r"ml-training\.yaml:4: metrics\[0\]\.path: 'loss' is not a JSONPath", bridge.stderr
@@ -294,17 +342,25 @@ def test_glob_source_tracks_files_appearing_and_disappearing_with_path_attribute
     (runs / "run-a").mkdir(parents=True)
     mapping = tmp_path / "hf.yaml"
     mapping.write_text(
-        (ROOT / "mappings/examples/huggingface-trainer.yaml").read_text()
-        .replace("/shared/runs/{run_id}/trainer_state.json", f"{runs}/{{run_id}}/trainer_state.json")
+        (ROOT / "mappings/examples/huggingface-trainer.yaml")
+        .read_text()
+        .replace(
+            "/shared/runs/{run_id}/trainer_state.json", f"{runs}/{{run_id}}/trainer_state.json"
+        )
     )
 
     def state(path: Path, *losses: float) -> None:
-        history = [{"epoch": i / 10, "loss": loss, "step": (i + 1) * 10} for i, loss in enumerate(losses)]
+        history = [
+            {"epoch": i / 10, "loss": loss, "step": (i + 1) * 10} for i, loss in enumerate(losses)
+        ]
         path.write_text(json.dumps({"global_step": len(losses) * 10, "log_history": history}))
 
     state(runs / "run-a" / "trainer_state.json", 1.0, 0.8)
-    env = {"MAPPING_PATH": str(mapping), "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.address,
-           "COLLECTION_INTERVAL": "0.2"}
+    env = {
+        "MAPPING_PATH": str(mapping),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.address,
+        "COLLECTION_INTERVAL": "0.2",
+    }
     bridge = spawn_bridge(bridge_command("run"), env=env)
     a = grpc_receiver.wait_for_point("hf.trainer.loss", run_id="run-a", split="train")
     assert a.number == 0.8

@@ -26,7 +26,8 @@ def jsonl_source(path: Path, state_dir: Path | None = None, extra: str = "") -> 
     plan = compile_mapping(
         f"version: 1\nsource: {{path: {path}, format: jsonl{extra}}}\n"
         "metrics:\n  - {name: a, type: gauge, path: $.i}\n",
-        "m.yaml", environ={},
+        "m.yaml",
+        environ={},
     )
     source = JsonlSource(str(path), plan.source, str(state_dir) if state_dir else None)
     _opened.append(source)

@@ -47,7 +47,9 @@ BAD_MAPPINGS = [
     (
         "gauge with mode",
         H + "  - {name: a, type: gauge, mode: total, path: $.a}\n",
-        ["m.yaml:3: metrics[0].mode: 'mode' applies only to counter and updowncounter, not to gauge"],
+        [
+            "m.yaml:3: metrics[0].mode: 'mode' applies only to counter and updowncounter, not to gauge"
+        ],
     ),
     (
         "histogram without buckets",
@@ -82,12 +84,16 @@ BAD_MAPPINGS = [
     (
         "path without $",
         H + "  - {name: a, type: gauge, path: training.loss}\n",
-        ["m.yaml:3: metrics[0].path: 'training.loss' is not a JSONPath; it must start with '$' (e.g. $.loss)"],
+        [
+            "m.yaml:3: metrics[0].path: 'training.loss' is not a JSONPath; it must start with '$' (e.g. $.loss)"
+        ],
     ),
     (
         "JSONPath syntax error",
         H + "  - {name: a, type: gauge, path: '$.a[?'}\n",
-        ["m.yaml:3: metrics[0].path: '$.a[?' is not a valid JSONPath: Parse error near the end of string!"],
+        [
+            "m.yaml:3: metrics[0].path: '$.a[?' is not a valid JSONPath: Parse error near the end of string!"
+        ],
     ),
     (
         "value path selecting many values",
@@ -127,7 +133,9 @@ BAD_MAPPINGS = [
         "environment variable not set",
         "version: 1\nattributes:\n  pod: {env: NOPE_NOT_SET}\nmetrics:\n"
         "  - {name: a, type: gauge, path: $.a}\n",
-        ["m.yaml:3: attributes.pod: environment variable NOPE_NOT_SET is not set and no 'default' is given"],
+        [
+            "m.yaml:3: attributes.pod: environment variable NOPE_NOT_SET is not set and no 'default' is given"
+        ],
     ),
     (
         "attribute of unknown form",
@@ -139,7 +147,8 @@ BAD_MAPPINGS = [
     ),
     (
         "one name declared with two types",
-        H + "  - {name: a, type: gauge, path: $.a}\n  - {name: a, type: counter, mode: total, path: $.b}\n",
+        H
+        + "  - {name: a, type: gauge, path: $.a}\n  - {name: a, type: counter, mode: total, path: $.b}\n",
         [
             "m.yaml:4: metrics[1].name: 'a' is also declared at metrics[0] with a different type, "
             "unit, mode or buckets; rules of one name feed one instrument and must agree"
@@ -161,9 +170,15 @@ BAD_MAPPINGS = [
     (
         "not YAML",
         "version: 1\nmetrics: [\n",
-        ["m.yaml:3: (document): not valid YAML: expected the node content, but found '<stream end>'"],
+        [
+            "m.yaml:3: (document): not valid YAML: expected the node content, but found '<stream end>'"
+        ],
     ),
-    ("empty file", "", ["m.yaml:1: (document): the file is empty; expected a mapping with 'version: 1'"]),
+    (
+        "empty file",
+        "",
+        ["m.yaml:1: (document): the file is empty; expected a mapping with 'version: 1'"],
+    ),
     (
         "source key for another format",
         "version: 1\nsource: {format: jsonl, version_path: $.t}\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n",
@@ -187,7 +202,9 @@ BAD_MAPPINGS = [
 @pytest.mark.parametrize(
     ("text", "messages"), [c[1:] for c in BAD_MAPPINGS], ids=[c[0] for c in BAD_MAPPINGS]
 )
-def test_bad_mapping_is_reported_with_file_line_path_and_message(text: str, messages: list[str]) -> None:
+def test_bad_mapping_is_reported_with_file_line_path_and_message(
+    text: str, messages: list[str]
+) -> None:
     with pytest.raises(MappingError) as caught:
         compile_mapping(text, "m.yaml", environ={})
     assert [str(p) for p in caught.value.problems] == messages
@@ -207,7 +224,10 @@ def test_yaml_alias_bomb_is_refused_before_it_expands() -> None:
 def test_unreadable_mapping_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(MappingError) as caught:
         load_plan(tmp_path / "absent.yaml")
-    assert str(caught.value) == f"{tmp_path / 'absent.yaml'}: (document): cannot read the mapping: No such file or directory"
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'absent.yaml'}: (document): cannot read the mapping: No such file or directory"
+    )
 
 
 def test_default_mapping_compiles_to_the_brief_metrics() -> None:
@@ -255,7 +275,8 @@ def test_keys_with_dots_slashes_and_colons_are_addressable() -> None:
         H + "  - {name: a, type: gauge, path: \"$['train/loss']\"}\n"
         "  - {name: b, type: gauge, path: '$[\"memory.used\"]'}\n"
         "  - {name: c, type: gauge, path: \"$.x['gpu:0']\"}\n",
-        "m.yaml", environ={},
+        "m.yaml",
+        environ={},
     )
     doc = {"train/loss": 0.5, "memory.used": 3, "x": {"gpu:0": 7}}
     assert [r.value.path.first(doc) for r in plan.rules] == [0.5, 3, 7]
@@ -265,6 +286,7 @@ def test_environment_attributes_are_resolved_at_compile_time() -> None:
     plan = compile_mapping(
         "version: 1\nattributes:\n  pod: {env: POD}\n  zone: {env: ZONE, default: z1}\n"
         "metrics:\n  - {name: a, type: gauge, path: $.a}\n",
-        "m.yaml", environ={"POD": "p-1"},
+        "m.yaml",
+        environ={"POD": "p-1"},
     )
     assert plan.rules[0].constants == (("pod", "p-1"), ("zone", "z1"))

@@ -24,7 +24,9 @@ BRIEF = ROOT / "tests/cases/brief-default/input.json"
 def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
     """Start Debian's Prometheus scraping 127.0.0.1:<port> every second; yields its URL."""
     binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed: run `make system-deps` (apt-get install prometheus)"
+    assert binary, (
+        "prometheus is not installed: run `make system-deps` (apt-get install prometheus)"
+    )
     started: list[ChildProcess] = []
 
     def start(target_port: int) -> str:
@@ -36,8 +38,12 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
         )
         port = free_port()
         process = ChildProcess(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
             name="prometheus",
         )
         started.append(process)
@@ -59,7 +65,9 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
     return result
 
 
-def wait_for_query(base: str, promql: str, process: BridgeProcess, timeout_s: float = 30) -> list[dict[str, Any]]:
+def wait_for_query(
+    base: str, promql: str, process: BridgeProcess, timeout_s: float = 30
+) -> list[dict[str, Any]]:
     import time
 
     deadline = time.monotonic() + timeout_s
@@ -68,11 +76,15 @@ def wait_for_query(base: str, promql: str, process: BridgeProcess, timeout_s: fl
         if result:
             return result
         time.sleep(0.25)  # polling an HTTP API: there is no event to wait on
-    raise AssertionError(f"Prometheus has no result for {promql!r} after {timeout_s} s:\n{process.describe()}")
+    raise AssertionError(
+        f"Prometheus has no result for {promql!r} after {timeout_s} s:\n{process.describe()}"
+    )
 
 
 def test_prometheus_scrapes_the_bridge_and_answers_with_the_files_values(
-    tmp_path: Path, prometheus: Callable[[int], str], grpc_receiver: OtlpReceiver,
+    tmp_path: Path,
+    prometheus: Callable[[int], str],
+    grpc_receiver: OtlpReceiver,
     spawn_bridge: Callable[..., BridgeProcess],
 ) -> None:
     metrics_port = free_port()

@@ -17,7 +17,8 @@ from translator.sources import DocumentSource, SourceMissing, parse_json
 def source_for(path: Path, source_yaml: str = "") -> DocumentSource:
     plan = compile_mapping(
         f"version: 1\nsource: {{path: {path}{source_yaml}}}\nmetrics:\n  - {{name: a, type: gauge, path: $.a}}\n",
-        "m.yaml", environ={},
+        "m.yaml",
+        environ={},
     )
     return DocumentSource(str(path), plan.source)
 
@@ -45,7 +46,8 @@ def test_deeply_nested_document_parses_and_evaluates_to_drops_not_a_crash() -> N
     plan = compile_mapping(
         "version: 1\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n"
         "  - {name: b, type: gauge, path: $.x, for_each: '$..y'}\n",
-        "m.yaml", environ={},
+        "m.yaml",
+        environ={},
     )
     result = evaluate(plan, document)
     assert result.points == []
@@ -83,7 +85,7 @@ def test_half_written_file_is_an_error_now_and_a_version_once_complete(tmp_path:
     f = tmp_path / "m.json"
     source = source_for(f)
     f.write_text('{"a": 1, "b": ')
-    with pytest.raises(DocumentInvalid, match="is not valid JSON .*will read it again"):
+    with pytest.raises(DocumentInvalid, match=r"is not valid JSON .*will read it again"):
         source.poll()
     f.write_text("")
     with pytest.raises(DocumentInvalid, match="is empty"):
@@ -118,7 +120,9 @@ def test_path_that_cannot_be_read_names_the_reason(tmp_path: Path) -> None:
 def test_file_over_the_size_cap_is_refused_with_both_sizes(tmp_path: Path) -> None:
     f = tmp_path / "m.json"
     f.write_text('{"a": "' + "x" * 200 + '"}')
-    with pytest.raises(SourceUnavailable, match=r"is 209 bytes, over the 100-byte cap \(source.max_bytes\)"):
+    with pytest.raises(
+        SourceUnavailable, match=r"is 209 bytes, over the 100-byte cap \(source.max_bytes\)"
+    ):
         source_for(f, ", max_bytes: 100").poll()
 
 
@@ -134,12 +138,15 @@ def test_same_size_rewrite_within_the_timestamp_tick_is_still_seen(tmp_path: Pat
     assert snapshot is not None and snapshot.records == [{"a": 2}]
 
 
-def test_history_records_are_applied_once_across_rewrites_shrinks_and_growth(tmp_path: Path) -> None:
+def test_history_records_are_applied_once_across_rewrites_shrinks_and_growth(
+    tmp_path: Path,
+) -> None:
     f = tmp_path / "trainer_state.json"
     plan = compile_mapping(
         f"version: 1\nsource: {{path: {f}, records: '$.log_history[*]', record_key: [$.step, $.eval_loss]}}\n"
         "metrics:\n  - {name: a, type: gauge, path: $.loss}\n",
-        "m.yaml", environ={},
+        "m.yaml",
+        environ={},
     )
     source = DocumentSource(str(f), plan.source)
 

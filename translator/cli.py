@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from translator import __version__
 from translator.engine import Evaluation, evaluate_into
-from translator.errors import ConfigError, MappingError, Problem, SourceError
+from translator.errors import ConfigError, MappingError, SourceError
 from translator.logs import configure as configure_logging
 from translator.mapping import Plan, load_plan, load_plans, mapping_files
 from translator.mapping.plan import SourceFormat
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("run", help="run the sidecar (settings from the environment)")
-    p.add_argument("--mapping", metavar="PATH", help="mapping file or directory (default: $MAPPING_PATH)")
+    p.add_argument(
+        "--mapping", metavar="PATH", help="mapping file or directory (default: $MAPPING_PATH)"
+    )
     p.add_argument("--once", action="store_true", help="read every source once, export, exit")
     p.set_defaults(handler=_run)
 
@@ -112,8 +114,11 @@ def _run_bridge(
     log = logging.getLogger("translator")
     log.info(
         "ml-metrics-bridge %s: %d mapping(s) from %s, exporters %s, every %g s",
-        __version__, len(plans), settings.mapping_path,
-        ",".join(settings.export.exporters) or "none", settings.collection_interval_s,
+        __version__,
+        len(plans),
+        settings.mapping_path,
+        ",".join(settings.export.exporters) or "none",
+        settings.collection_interval_s,
     )
     try:
         return bridge.run(once=once)
@@ -176,8 +181,11 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             rows.append(_row(number, point.rule, point.value, dict(point.attributes)))
         for drop in evaluation.drops:
             row = _row(number, drop.rule, None, {})
-            row["dropped"] = {"reason": drop.reason.value, "detail": drop.detail,
-                              "rule": f"metrics[{drop.rule.index}]"}
+            row["dropped"] = {
+                "reason": drop.reason.value,
+                "detail": drop.detail,
+                "rule": f"metrics[{drop.rule.index}]",
+            }
             rows.append(row)
     if args.format == "json":
         json.dump(rows, stdout, indent=2, default=str)
@@ -225,12 +233,17 @@ def _print_table(
         attrs = " ".join(f"{k}={v}" for k, v in r["attributes"].items())
         unit = f" {r['unit']}" if r["unit"] else ""
         value = f"{r['value']:g}" if isinstance(r["value"], float) else str(r["value"])
-        out.write(f"{r['record']:>4}  {r['name']:<{width}}  {r['type']:<13} {value + unit:>12}  {attrs}\n")
+        out.write(
+            f"{r['record']:>4}  {r['name']:<{width}}  {r['type']:<13} {value + unit:>12}  {attrs}\n"
+        )
     if dropped:
         out.write(f"\ndropped ({len(dropped)}):\n")
         for r in dropped:
             d = r["dropped"]
-            out.write(f"{r['record']:>4}  {r['name']:<{width}}  {d['rule']}: {d['reason']}: {d['detail']}\n")
+            out.write(
+                f"{r['record']:>4}  {r['name']:<{width}}  "
+                f"{d['rule']}: {d['reason']}: {d['detail']}\n"
+            )
     counts = Counter({name: len(s) for name, s in series.items()})
     out.write("\nseries per metric (distinct attribute sets):\n")
     for instrument in plan.instruments:
@@ -260,8 +273,10 @@ def _demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         stdout.flush()
         stop = threading.Event()
         writer = threading.Thread(
-            target=run_simulator, args=(path,),
-            kwargs={"interval_s": args.interval_s, "stop": stop}, daemon=True,
+            target=run_simulator,
+            args=(path,),
+            kwargs={"interval_s": args.interval_s, "stop": stop},
+            daemon=True,
         )
         writer.start()
         try:
@@ -277,7 +292,10 @@ def _simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     stop = threading.Event()
     try:
         run_simulator(
-            args.output, interval_s=args.interval_s, stop=stop, count=args.count,
+            args.output,
+            interval_s=args.interval_s,
+            stop=stop,
+            count=args.count,
             atomic=args.atomic,
         )
     except KeyboardInterrupt:

@@ -174,7 +174,9 @@ def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
     return value
 
 
-def _attributes(attributes: tuple[Attribute, ...], scopes: tuple[Any, Any, Any]) -> AttributeSet | Drop:
+def _attributes(
+    attributes: tuple[Attribute, ...], scopes: tuple[Any, Any, Any]
+) -> AttributeSet | Drop:
     """``scopes`` is (element, record, root), indexed by :class:`Scope` order."""
     out = []
     for attribute in attributes:
@@ -190,7 +192,8 @@ def _attributes(attributes: tuple[Attribute, ...], scopes: tuple[Any, Any, Any])
         if kind is str:
             if len(raw) > MAX_ATTRIBUTE_CHARS:
                 return _bad(
-                    DropReason.BAD_ATTRIBUTE, attribute,
+                    DropReason.BAD_ATTRIBUTE,
+                    attribute,
                     f"is {len(raw)} characters long (limit {MAX_ATTRIBUTE_CHARS})",
                 )
         elif kind is int:
@@ -220,14 +223,16 @@ def _holds(condition: Condition, record: Any) -> bool:
     if condition.equals_path is not None:
         found = condition.equals_path.first(record)
         expected = condition.equals_value
-        if found is MISSING or type(found) is bool and type(expected) is not bool:
+        if found is MISSING or (type(found) is bool and type(expected) is not bool):
             return False
         return bool(found == expected)
     return True
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", type(None): "null"}.get(type(value), type(value).__name__)
+    return {dict: "object", list: "array", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _preview(raw: Any) -> str:

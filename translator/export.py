@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -30,8 +30,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from translator import __version__
-from translator.settings import ExportSettings
 from translator.selfmetrics import Stats
+from translator.settings import ExportSettings
 
 _log = logging.getLogger(__name__)
 METER_NAME = "ml-metrics-bridge"
@@ -101,7 +101,9 @@ class _ObservedExporter(MetricExporter):
             if self.failing_since is not None:
                 _log.info(
                     "export to %s recovered after %d failed attempts over %.0f s",
-                    self.target, self.failures_in_outage, time.monotonic() - self.failing_since,
+                    self.target,
+                    self.failures_in_outage,
+                    time.monotonic() - self.failing_since,
                 )
             self.failing_since, self.failures_in_outage = None, 0
             return
@@ -111,7 +113,8 @@ class _ObservedExporter(MetricExporter):
             reason = _SDK_EXPORTER_LOG.message or "no detail from the exporter"
             _log.warning(
                 "export to %s failed: %s; retrying at every collection (logged once per outage)",
-                self.target, reason,
+                self.target,
+                reason,
             )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -144,10 +147,14 @@ class CompactConsoleExporter(MetricExporter):
                 for metric in sorted(scope_metrics.metrics, key=lambda m: m.name):
                     unit = f" [{metric.unit}]" if metric.unit else ""
                     for point in metric.data.data_points:
-                        lines.append(f"  {metric.name}{_format_attributes(point.attributes)} "
-                                     f"{_format_point(point)}{unit}")
-        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
-        self._out.write(f"--- export at {stamp} UTC: {len(lines)} lines\n" + "\n".join(lines) + "\n")
+                        lines.append(
+                            f"  {metric.name}{_format_attributes(point.attributes)} "
+                            f"{_format_point(point)}{unit}"
+                        )
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        self._out.write(
+            f"--- export at {stamp} UTC: {len(lines)} lines\n" + "\n".join(lines) + "\n"
+        )
         self._out.flush()
         return MetricExportResult.SUCCESS
 
@@ -273,7 +280,8 @@ def _prometheus_reader(settings: ExportSettings) -> MetricReader:
     start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
     _log.info(
         "serving Prometheus metrics on http://%s:%d/metrics",
-        settings.prometheus_host, settings.prometheus_port,
+        settings.prometheus_host,
+        settings.prometheus_port,
     )
     return PrometheusMetricReader()
 

@@ -16,7 +16,9 @@ from typing import Any
 
 
 class HealthServer:
-    def __init__(self, port: int, check: Callable[[], dict[str, Any]], host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, port: int, check: Callable[[], dict[str, Any]], host: str = "0.0.0.0"
+    ) -> None:
         state = check
 
         class Handler(BaseHTTPRequestHandler):
@@ -41,7 +43,9 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -101,13 +101,13 @@ class InstrumentRegistry:
                     instrument.retired = True
                     instrument.by_source.clear()
             for name, (spec, max_series) in wanted.items():
-                instrument = self._instruments.get(name)
-                if instrument is None:
-                    instrument = _Instrument(spec, max_series)
-                    instrument.sdk = self._create(instrument)
-                    self._instruments[name] = instrument
-                instrument.retired = False
-                instrument.max_series = max_series
+                live = self._instruments.get(name)
+                if live is None:
+                    live = _Instrument(spec, max_series)
+                    live.sdk = self._create(live)
+                    self._instruments[name] = live
+                live.retired = False
+                live.max_series = max_series
 
     def _create(self, instrument: _Instrument) -> Any:
         spec = instrument.spec

@@ -25,12 +25,11 @@ from translator.instruments import InstrumentConflict, InstrumentRegistry
 from translator.logs import Throttled
 from translator.mapping import load_plans, mapping_files
 from translator.mapping.paths import MISSING
-from translator.mapping.plan import Plan
+from translator.mapping.plan import Plan, SourceFormat
 from translator.selfmetrics import Stats
 from translator.settings import Settings
-from translator.watch import Waker
-from translator.mapping.plan import SourceFormat
 from translator.sources import DocumentSource, JsonlSource, PathPattern, Snapshot, SourceMissing
+from translator.watch import Waker
 
 _log = logging.getLogger("translator")
 
@@ -192,11 +191,14 @@ class Bridge:
                 tracked.source.close()
             if self._registry is not None:
                 self._registry.forget(gone)
-            _log.info("%s: file is gone; its series are no longer exported", gone,
-                      extra={"source": gone})
+            _log.info(
+                "%s: file is gone; its series are no longer exported", gone, extra={"source": gone}
+            )
         for path in paths:
             if path not in job.sources:
-                job.sources[path] = _Tracked(self._source_for(job.plan, path), job.pattern.attributes(path))
+                job.sources[path] = _Tracked(
+                    self._source_for(job.plan, path), job.pattern.attributes(path)
+                )
         return paths
 
     def _source_for(self, plan: Plan, path: str) -> DocumentSource | JsonlSource:
@@ -213,12 +215,15 @@ class Bridge:
     def _bad_records(self, path: str, snapshot: Snapshot) -> None:
         for error in snapshot.errors:
             self.stats.read_errors[(path, "invalid")] += 1
-            self._throttle.log(logging.WARNING, ("record", path), "%s: %s", path, error,
-                               extra={"source": path})
+            self._throttle.log(
+                logging.WARNING, ("record", path), "%s: %s", path, error, extra={"source": path}
+            )
 
     def _read_failed(self, path: str, exc: SourceError) -> None:
-        kind = "missing" if isinstance(exc, SourceMissing) else (
-            "invalid" if isinstance(exc, DocumentInvalid) else "unavailable"
+        kind = (
+            "missing"
+            if isinstance(exc, SourceMissing)
+            else ("invalid" if isinstance(exc, DocumentInvalid) else "unavailable")
         )
         self.stats.read_errors[(path, kind)] += 1
         level = logging.INFO if kind == "missing" else logging.WARNING
@@ -245,9 +250,14 @@ class Bridge:
             rule = f"metrics[{drop.rule.index}]"
             stats.points_dropped[(drop.rule.name, rule, drop.reason.value)] += 1
             self._throttle.log(
-                logging.WARNING, ("drop", path, drop.rule.index, drop.reason),
+                logging.WARNING,
+                ("drop", path, drop.rule.index, drop.reason),
                 "%s: %s %s: point dropped (%s): %s",
-                path, rule, drop.rule.name, drop.reason.value, drop.detail,
+                path,
+                rule,
+                drop.rule.name,
+                drop.reason.value,
+                drop.detail,
                 extra={"source": path, "rule": rule},
             )
 
@@ -260,17 +270,24 @@ class Bridge:
             self._registry.forget(path)
         _log.warning(
             "%s: no new data for %.0f s (source.stale_after_s); its series are no longer "
-            "exported until it changes again", path, stale_after, extra={"source": path},
+            "exported until it changes again",
+            path,
+            stale_after,
+            extra={"source": path},
         )
 
     def _warn_path_override(self, plan: Plan) -> None:
         s = self.settings
-        if plan.source.path_from_mapping and s.metrics_file_path_set and (
-            s.metrics_file_path != plan.source.path
+        if (
+            plan.source.path_from_mapping
+            and s.metrics_file_path_set
+            and (s.metrics_file_path != plan.source.path)
         ):
             _log.warning(
                 "%s: source.path %s is set in the mapping; METRICS_FILE_PATH=%s is ignored for it",
-                plan.mapping_file, plan.source.path, s.metrics_file_path,
+                plan.mapping_file,
+                plan.source.path,
+                s.metrics_file_path,
             )
 
     # --- reloading ------------------------------------------------------------------------
@@ -318,8 +335,12 @@ class Bridge:
             self._registry.install(plans)
         self._jobs = jobs
         self.stats.reloads["success"] += 1
-        _log.info("mapping reloaded from %s: %d mapping(s), %d instrument(s)",
-                  self.settings.mapping_path, len(plans), sum(len(p.instruments) for p in plans))
+        _log.info(
+            "mapping reloaded from %s: %d mapping(s), %d instrument(s)",
+            self.settings.mapping_path,
+            len(plans),
+            sum(len(p.instruments) for p in plans),
+        )
 
     # --- exporting ------------------------------------------------------------------------
 
@@ -336,7 +357,9 @@ class Bridge:
                     if value is not None:
                         attributes[attribute.key] = value
         self._pipeline = Pipeline(
-            self.settings.export, build_resource(attributes), stats=self.stats,
+            self.settings.export,
+            build_resource(attributes),
+            stats=self.stats,
             console=self._console,
         )
         self.stats.register(self._pipeline.self_meter)
@@ -382,10 +405,10 @@ class _MappingWatch:
 
     def _fingerprint(self) -> tuple[Any, ...]:
         self.files = mapping_files(self.path)
-        out = []
+        out: list[tuple[Any, ...]] = []
         for file in self.files:
             try:
-                st = os.stat(file)
+                st = os.stat(file)  # follows the ..data symlink of a mounted ConfigMap
                 out.append((file, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             except OSError:
                 out.append((file, None))
@@ -403,8 +426,11 @@ def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
     """SIGTERM and SIGINT stop the loop. Returns a function that puts the old handlers back."""
 
     def handler(signum: int, frame: Any) -> None:
-        _log.info("received %s: stopping, last export within %.0f s",
-                  signal.Signals(signum).name, SHUTDOWN_EXPORT_S)
+        _log.info(
+            "received %s: stopping, last export within %.0f s",
+            signal.Signals(signum).name,
+            SHUTDOWN_EXPORT_S,
+        )
         stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

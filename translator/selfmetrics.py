@@ -39,44 +39,63 @@ class Stats:
 
         def counter(name: str, unit: str, description: str, read: _Reader) -> None:
             meter.create_observable_counter(
-                f"{PREFIX}.{name}", callbacks=[_callback(read)], unit=unit,
+                f"{PREFIX}.{name}",
+                callbacks=[_callback(read)],
+                unit=unit,
                 description=description,
             )
 
         counter(
-            "records.read", "{record}", "Documents or JSON Lines records applied.",
+            "records.read",
+            "{record}",
+            "Documents or JSON Lines records applied.",
             lambda: [({"source.path": p}, n) for p, n in list(self.records_read.items())],
         )
         counter(
-            "read.errors", "{error}", "Failed reads of a source, by kind.",
+            "read.errors",
+            "{error}",
+            "Failed reads of a source, by kind.",
             lambda: [
-                ({"source.path": p, "error.type": k}, n) for (p, k), n in list(self.read_errors.items())
+                ({"source.path": p, "error.type": k}, n)
+                for (p, k), n in list(self.read_errors.items())
             ],
         )
         counter(
-            "points.emitted", "{point}", "Data points produced, by metric.",
+            "points.emitted",
+            "{point}",
+            "Data points produced, by metric.",
             lambda: [({"metric.name": m}, n) for m, n in list(self.points_emitted.items())],
         )
         counter(
-            "points.dropped", "{point}", "Data points dropped, by metric, mapping rule and reason.",
+            "points.dropped",
+            "{point}",
+            "Data points dropped, by metric, mapping rule and reason.",
             lambda: [
                 ({"metric.name": m, "rule": r, "reason": why}, n)
                 for (m, r, why), n in list(self.points_dropped.items())
             ],
         )
         counter(
-            "export.failures", "{failure}", "Exports that failed (the collector was unreachable?).",
+            "export.failures",
+            "{failure}",
+            "Exports that failed (the collector was unreachable?).",
             lambda: [({}, self.exports["failure"])],
         )
         counter(
-            "config.reloads", "{reload}", "Mapping reloads, by outcome.",
+            "config.reloads",
+            "{reload}",
+            "Mapping reloads, by outcome.",
             lambda: [({"outcome": o}, n) for o, n in list(self.reloads.items())],
         )
         meter.create_observable_gauge(
             f"{PREFIX}.source.data_age",
-            callbacks=[_callback(lambda: [({"source.path": p}, age) for p, age in self.data_age_s().items()])],
+            callbacks=[
+                _callback(
+                    lambda: [({"source.path": p}, age) for p, age in self.data_age_s().items()]
+                )
+            ],
             unit="s",
-            description="Seconds since the newest data was read from a source; alert when it grows.",
+            description="Seconds since the newest data was read from a source; alert on growth.",
         )
 
 

@@ -79,7 +79,9 @@ class _Reader:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or not minimum <= value <= maximum:
-            self.bad(name, f"{raw!r} is not a number of seconds between {minimum:g} and {maximum:g}")
+            self.bad(
+                name, f"{raw!r} is not a number of seconds between {minimum:g} and {maximum:g}"
+            )
             return default
         return value
 
@@ -92,7 +94,9 @@ class _Reader:
             return None
         return int(raw)
 
-    def choice(self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+    def choice(
+        self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False
+    ) -> str:
         raw = self.get(name)
         if raw is None:
             return default
@@ -126,7 +130,10 @@ class _Reader:
 def load_settings(
     environ: Mapping[str, str] | None = None, *, mapping_path: str | None = None
 ) -> Settings:
-    """Read the environment (``os.environ`` by default); raise SettingsError listing all problems."""
+    """Read the environment (``os.environ`` by default).
+
+    Raises SettingsError listing every problem found.
+    """
     env = _Reader(os.environ if environ is None else environ)
     mapping = mapping_path or env.get("MAPPING_PATH") or default_mapping_path()
     if not os.path.exists(mapping):
@@ -153,9 +160,9 @@ def load_settings(
 
 def _export_settings(env: _Reader) -> ExportSettings:
     exporters = _exporters(env)
-    protocol = env.choice(
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "", _PROTOCOLS
-    ) or env.choice("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", _PROTOCOLS)
+    protocol = env.choice("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "", _PROTOCOLS) or env.choice(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", _PROTOCOLS
+    )
     certificate = env.readable_file("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE") or env.readable_file(
         "OTEL_EXPORTER_OTLP_CERTIFICATE"
     )
@@ -189,7 +196,10 @@ def _exporters(env: _Reader) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
     unknown = [n for n in names if n not in _EXPORTERS]
     if unknown or not names:
-        env.bad("OTEL_METRICS_EXPORTER", f"{raw!r}: use a comma-separated list of {', '.join(_EXPORTERS)}")
+        env.bad(
+            "OTEL_METRICS_EXPORTER",
+            f"{raw!r}: use a comma-separated list of {', '.join(_EXPORTERS)}",
+        )
         return ("otlp",)
     if "none" in names and len(names) > 1:
         env.bad("OTEL_METRICS_EXPORTER", f"{raw!r}: 'none' cannot be combined with other exporters")
@@ -225,10 +235,7 @@ def _endpoint(
     if url.scheme not in ("http", "https") or not url.hostname:
         env.bad(name, f"{raw!r} is not an endpoint; expected host:port or http(s)://host:port")
         return raw, True
-    if scheme_less:
-        tls = insecure_flag is False or has_certificate
-    else:
-        tls = url.scheme == "https"
+    tls = (insecure_flag is False or has_certificate) if scheme_less else url.scheme == "https"
     scheme = "https" if tls else "http"
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
     base = f"{scheme}://{host}:{port or default_port}"

@@ -11,7 +11,7 @@ import math
 import os
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -20,7 +20,7 @@ class TrainingSimulator:
 
     def __init__(self, *, job_id: str = "training-job-123", seed: int | None = None) -> None:
         self._random = random.Random(seed)
-        self._started = datetime.now(timezone.utc).replace(microsecond=0)
+        self._started = datetime.now(UTC).replace(microsecond=0)
         self.job_id = job_id
         self.step = 0
 
@@ -43,7 +43,9 @@ class TrainingSimulator:
                 "epoch": epoch,
                 "batch_number": self.step,
                 "training_loss": round(max(0.05, 2.3 * (1 - progress) + 0.3 + noise(0, 0.02)), 4),
-                "validation_loss": round(max(0.05, 2.3 * (1 - progress) + 0.35 + noise(0, 0.02)), 4),
+                "validation_loss": round(
+                    max(0.05, 2.3 * (1 - progress) + 0.35 + noise(0, 0.02)), 4
+                ),
                 "accuracy": round(min(0.99, 0.1 + 0.8 * progress + noise(0, 0.005)), 4),
                 "learning_rate": 0.001 * (0.9 ** (epoch - 1)),
                 "gpu_utilization": round(min(1.0, max(0.0, 0.9 + noise(0, 0.03))), 3),

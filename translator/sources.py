@@ -176,10 +176,14 @@ class JsonlSource:
         tmp = f"{self._checkpoint}.tmp"
         try:
             with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps({"path": self.path, "inode": self._inode, "offset": self._offset}))
+                fh.write(
+                    orjson.dumps({"path": self.path, "inode": self._inode, "offset": self._offset})
+                )
             os.replace(tmp, self._checkpoint)
         except OSError as exc:
-            raise SourceUnavailable(self.path, f"cannot write checkpoint {self._checkpoint}: {exc.strerror}") from None
+            raise SourceUnavailable(
+                self.path, f"cannot write checkpoint {self._checkpoint}: {exc.strerror}"
+            ) from None
 
     def close(self) -> None:
         if self._fh is not None:
@@ -248,9 +252,18 @@ class JsonlSource:
             if len(data) < self._spec.max_bytes and len(data) < JSONL_CHUNK_BYTES:
                 return None  # a partial last line: wait for its newline
             # One line longer than the cap: skip it to its end.
-            errors.append(f"line at byte {self._offset} is longer than {min(self._spec.max_bytes, JSONL_CHUNK_BYTES)} bytes; skipped")
+            limit = min(self._spec.max_bytes, JSONL_CHUNK_BYTES)
+            errors.append(f"line at byte {self._offset} is longer than {limit} bytes; skipped")
             self._offset += len(data)
-            return Snapshot(self.path, [], None, replaces=False, read_at=time.time(), errors=tuple(errors), more=True)
+            return Snapshot(
+                self.path,
+                [],
+                None,
+                replaces=False,
+                read_at=time.time(),
+                errors=tuple(errors),
+                more=True,
+            )
         start = self._offset
         self._offset += cut + 1
         records = []
@@ -258,15 +271,25 @@ class JsonlSource:
             if not line.strip():
                 continue
             if len(line) > self._spec.max_bytes:
-                errors.append(f"a line near byte {start} is {len(line)} bytes, over the cap; skipped")
+                errors.append(
+                    f"a line near byte {start} is {len(line)} bytes, over the cap; skipped"
+                )
                 continue
             try:
                 records.append(parse_json(line))
             except ValueError as exc:
-                errors.append(f"a line near byte {start} (line {number + 1} of this read) is not JSON ({exc}); skipped")
+                errors.append(
+                    f"a line near byte {start} (line {number + 1} of this read) "
+                    f"is not JSON ({exc}); skipped"
+                )
         return Snapshot(
-            self.path, records, None, replaces=False, read_at=time.time(),
-            errors=tuple(errors), more=len(data) == JSONL_CHUNK_BYTES,
+            self.path,
+            records,
+            None,
+            replaces=False,
+            read_at=time.time(),
+            errors=tuple(errors),
+            more=len(data) == JSONL_CHUNK_BYTES,
         )
 
     def _load_checkpoint(self) -> tuple[int, int] | None:
@@ -302,7 +325,14 @@ def _read_capped(path: str, cap: int) -> bytes:
     return data
 
 
-__all__ = ["DocumentSource", "JsonlSource", "Snapshot", "SourceError", "SourceMissing", "parse_json"]
+__all__ = [
+    "DocumentSource",
+    "JsonlSource",
+    "Snapshot",
+    "SourceError",
+    "SourceMissing",
+    "parse_json",
+]
 
 
 _NAMED_PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")

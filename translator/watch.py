@@ -7,6 +7,7 @@ data. Without inotify (another OS, no free watches) :meth:`Waker.wait` is a plai
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -24,7 +25,15 @@ _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
 _IN_DELETE = 0x200
 _IN_MOVED_FROM = 0x040
-_MASK = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_MOVED_FROM | _IN_CREATE | _IN_DELETE
+_MASK = (
+    _IN_MODIFY
+    | _IN_ATTRIB
+    | _IN_CLOSE_WRITE
+    | _IN_MOVED_TO
+    | _IN_MOVED_FROM
+    | _IN_CREATE
+    | _IN_DELETE
+)
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 
@@ -72,15 +81,15 @@ class Waker:
             if not os.path.isdir(directory):
                 continue  # not there yet; polling covers it, and it is retried next time
             if self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _MASK) < 0:
-                _log.info("cannot watch %s (%s); polling it", directory, os.strerror(ctypes.get_errno()))
+                _log.info(
+                    "cannot watch %s (%s); polling it", directory, os.strerror(ctypes.get_errno())
+                )
                 continue
             self._watched.add(directory)
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: already awake
             os.write(self._pipe_w, b"x")
-        except BlockingIOError:
-            pass  # already awake
 
     def wait(self, timeout_s: float) -> bool:
         """True when woken by an event or :meth:`wake`, False on timeout."""

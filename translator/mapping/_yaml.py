@@ -18,9 +18,7 @@ from translator.errors import Problem
 #: Alias expansion beyond this many nodes is treated as a "billion laughs" attack.
 MAX_NODES = 100_000
 
-_PLAIN_TAGS = frozenset(
-    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null")
-)
+_PLAIN_TAGS = frozenset("tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null"))
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAP_TAG = "tag:yaml.org,2002:map"
 
@@ -93,7 +91,9 @@ class _Builder:
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             if node.tag != _MAP_TAG:
-                self.problem(node, path, f"YAML tag {node.tag!r} is not allowed; use a plain mapping")
+                self.problem(
+                    node, path, f"YAML tag {node.tag!r} is not allowed; use a plain mapping"
+                )
                 return None
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -136,7 +136,9 @@ def load_yaml(text: str, file: str) -> tuple[LoadedYaml | None, list[Problem]]:
     except yaml.YAMLError as exc:
         return None, [Problem(file, None, "", f"not valid YAML: {exc}")]
     if root is None:
-        return None, [Problem(file, 1, "", "the file is empty; expected a mapping with 'version: 1'")]
+        return None, [
+            Problem(file, 1, "", "the file is empty; expected a mapping with 'version: 1'")
+        ]
     builder = _Builder(file)
     try:
         data = builder.build(root, ())

@@ -9,6 +9,7 @@ syntax, environment variables, instruments declared twice with different types).
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
 import os
@@ -66,7 +67,8 @@ def load_plan(
         with open(name, "rb") as fh:
             raw = fh.read(_MAX_MAPPING_BYTES + 1)
     except OSError as exc:
-        raise MappingError([Problem(name, None, "", f"cannot read the mapping: {exc.strerror}")])
+        problem = Problem(name, None, "", f"cannot read the mapping: {exc.strerror}")
+        raise MappingError([problem]) from None
     if len(raw) > _MAX_MAPPING_BYTES:
         raise MappingError(
             [Problem(name, None, "", f"the mapping is larger than {_MAX_MAPPING_BYTES} bytes")]
@@ -78,7 +80,9 @@ def load_plan(
             [Problem(name, None, "", f"not UTF-8 (byte {exc.start}); save the file as UTF-8")]
         ) from None
     return compile_mapping(
-        text, name, environ=os.environ if environ is None else environ,
+        text,
+        name,
+        environ=os.environ if environ is None else environ,
         default_source_path=default_source_path,
     )
 
@@ -125,22 +129,29 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
     path: YamlPath = tuple(error.absolute_path)
     kind = error.validator
     last = path[-1] if path else None
-    if kind == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
+    # jsonschema types these as unions with "Unset"; for errors from iter_errors they are set.
+    instance: Any = error.instance
+    expected: Any = error.validator_value
+    rule: Any = error.schema
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(rule.get("properties", {}))
         if not allowed:  # an attribute map: any key, but the values were wrong
             yield path, str(error.message)
             return
-        for key in sorted(set(error.instance) - set(allowed)):
+        for key in sorted(set(instance) - set(allowed)):
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
             yield (*path, key), f"unknown key {key!r}; {hint}"
-    elif kind == "oneOf" and error.schema is schema()["$defs"]["attributeValue"]:
-        yield path, (
-            "an attribute is a string, number or boolean, or a mapping with exactly one of "
-            "'value', 'env', 'path', 'root_path' (and optionally 'default')"
+    elif kind == "oneOf" and rule is schema()["$defs"]["attributeValue"]:
+        yield (
+            path,
+            (
+                "an attribute is a string, number or boolean, or a mapping with exactly one of "
+                "'value', 'env', 'path', 'root_path' (and optionally 'default')"
+            ),
         )
     elif kind == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
+        missing = [k for k in expected if k not in instance]
         for key in missing:
             hint = {
                 "mode": "; counters say mode: total (the file holds a running total) "
@@ -149,27 +160,33 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
                 "version": "; start the file with 'version: 1'",
             }.get(key, "")
             yield path, f"missing required key {key!r}{hint}"
-    elif kind == "not" and isinstance(error.validator_value, dict):
-        (key,) = error.validator_value.get("required", ["?"])
-        kind_name = error.instance.get("type") if isinstance(error.instance, dict) else None
+    elif kind == "not" and isinstance(expected, dict):
+        (key,) = expected.get("required", ["?"])
+        kind_name = instance.get("type") if isinstance(instance, dict) else None
         applies = "counter and updowncounter" if key == "mode" else "histogram"
         yield (*path, key), f"{key!r} applies only to {applies}, not to {kind_name}"
     elif kind == "pattern" and last == "name":
-        yield path, (
-            f"{error.instance!r} is not a valid OpenTelemetry instrument name: start with a "
-            "letter, then letters, digits, '_', '.', '-' or '/', at most 255 characters"
+        yield (
+            path,
+            (
+                f"{instance!r} is not a valid OpenTelemetry instrument name: start with a "
+                "letter, then letters, digits, '_', '.', '-' or '/', at most 255 characters"
+            ),
         )
     elif kind == "pattern" and last == "unit":
-        yield path, f"{error.instance!r} is not a valid unit: printable ASCII, at most 63 characters"
-    elif kind == "pattern" and error.validator_value == "^\\$":
-        yield path, f"{error.instance!r} is not a JSONPath; it must start with '$' (e.g. $.loss)"
+        yield (
+            path,
+            f"{instance!r} is not a valid unit: printable ASCII, at most 63 characters",
+        )
+    elif kind == "pattern" and expected == "^\\$":
+        yield path, f"{instance!r} is not a JSONPath; it must start with '$' (e.g. $.loss)"
     elif kind == "enum":
-        allowed = [str(v) for v in error.validator_value]
-        close = difflib.get_close_matches(str(error.instance), allowed, n=1)
+        allowed = [str(v) for v in expected]
+        close = difflib.get_close_matches(str(instance), allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        yield path, f"{error.instance!r} is not one of: {', '.join(allowed)}{hint}"
+        yield path, f"{instance!r} is not one of: {', '.join(allowed)}{hint}"
     elif kind == "const" and path == ("version",):
-        yield path, f"version {error.instance!r} is not supported; this bridge reads version 1"
+        yield path, f"version {instance!r} is not supported; this bridge reads version 1"
     else:
         yield path, str(error.message)
 
@@ -213,9 +230,7 @@ class _Compiler:
         resource = self.attributes(data.get("resource", {}), ("resource",), Scope.ROOT)
         common = self.attributes(data.get("attributes", {}), ("attributes",), Scope.RECORD)
         max_series = data.get("limits", {}).get("max_series_per_metric", 1000)
-        rules = [
-            self.rule(i, spec, common, max_series) for i, spec in enumerate(data["metrics"])
-        ]
+        rules = [self.rule(i, spec, common, max_series) for i, spec in enumerate(data["metrics"])]
         instruments = self.instruments(data["metrics"], [r for r in rules if r is not None])
         return Plan(
             mapping_file=self.file,
@@ -284,7 +299,7 @@ class _Compiler:
                 )
                 return None
             return Attribute(key, constant=found if found is not None else default)
-        text = value.get("path", value.get("root_path"))
+        text = str(value.get("path", value.get("root_path")))
         path = self.path(text, (*where, "path" if "path" in value else "root_path"), singular=True)
         if path is None:
             return None
@@ -305,9 +320,11 @@ class _Compiler:
         if "buckets" in spec:
             buckets = tuple(float(b) for b in spec["buckets"])
             if not all(math.isfinite(b) for b in buckets) or any(
-                a >= b for a, b in zip(buckets, buckets[1:], strict=False)
+                a >= b for a, b in itertools.pairwise(buckets)
             ):
-                self.problem((*where, "buckets"), "bucket boundaries must be finite and strictly increasing")
+                self.problem(
+                    (*where, "buckets"), "bucket boundaries must be finite and strictly increasing"
+                )
         own = self.attributes(spec.get("attributes", {}), (*where, "attributes"))
         merged = {a.key: a for a in common} | {a.key: a for a in own}
         enum = spec.get("map")
@@ -354,7 +371,9 @@ class _Compiler:
             absent = self.path(spec["absent"], (*where, "absent"), singular=True)
         equals_value: AttributeValue | None = None
         if "equals" in spec:
-            equals_path = self.path(spec["equals"]["path"], (*where, "equals", "path"), singular=True)
+            equals_path = self.path(
+                spec["equals"]["path"], (*where, "equals", "path"), singular=True
+            )
             equals_value = spec["equals"]["value"]
         return Condition(exists, absent, equals_path, equals_value)
 

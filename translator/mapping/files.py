@@ -20,7 +20,8 @@ def mapping_files(path: str) -> list[str]:
     for folder, dirs, files in os.walk(path, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [
-            os.path.join(folder, f) for f in sorted(files)
+            os.path.join(folder, f)
+            for f in sorted(files)
             if f.endswith(_MAPPING_SUFFIXES) and not f.startswith(".")
         ]
     return found
@@ -31,7 +32,8 @@ def load_plans(path: str, *, default_source_path: str = DEFAULT_SOURCE_PATH) -> 
     files = mapping_files(path)
     if not files:
         raise MappingError([Problem(path, None, "", "no mapping files (*.yaml, *.yml) here")])
-    plans, problems = [], []
+    plans: list[Plan] = []
+    problems: list[Problem] = []
     for file in files:
         try:
             plans.append(load_plan(file, default_source_path=default_source_path))
