@@ -13,12 +13,12 @@ demo: $(STAMP)  ## run the bridge against a simulated training job, printing met
 	$(BIN)/ml-metrics-bridge demo
 
 test: $(STAMP) system-deps  ## the whole test suite, lint and type checks included
-	$(BIN)/ruff check translator tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check translator tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 validate-mappings: $(STAMP)
@@ -29,7 +29,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 system-deps:
