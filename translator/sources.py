@@ -66,8 +66,9 @@ def parse_json(data: bytes | str) -> Any:
     """
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson stops at 1024 levels; so do we
+            raise ValueError("nested more than 1024 levels deep") from None
     try:
         return json.loads(data)
     except RecursionError:

@@ -17,7 +17,7 @@ from typing import Any, Final
 from jsonpath_ng import jsonpath as _jp
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import filter as _jp_filter
-from jsonpath_ng.ext import parse as _jp_parse
+from jsonpath_ng.ext.parser import parse as _jp_parse
 
 
 class _Missing:
@@ -52,7 +52,6 @@ _SELECTING_NODES: Final = (
     _jp.Slice,
     _jp.Child,
     _jp.Descendants,
-    _jp.Union,
     _jp.Where,
     _jp_filter.Filter,
     _jp_filter.Expression,
