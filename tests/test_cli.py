@@ -223,3 +223,19 @@ def test_demo_prints_simulated_training_metrics_until_stopped() -> None:
     assert re.search(
         r"ml\.training\.batch_number\{.*job\.id=training-job-123.*\} [1-9]\d* \[\{batch\}\]", out
     )
+
+
+def test_json_logs_are_one_object_per_line_naming_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "absent.json"
+    monkeypatch.setenv("METRICS_FILE_PATH", str(missing))
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    status, _, err = call("run", "--once")
+    assert status == 1
+    entries = [json.loads(line) for line in err.splitlines()]
+    (about_file,) = [e for e in entries if e.get("source") == str(missing)]
+    assert about_file["level"] == "info"
+    assert about_file["message"] == f"{missing}: does not exist (yet)"
+    assert {"time", "logger"} <= set(about_file)
