@@ -129,7 +129,7 @@ def _evaluate_element(
     attributes = rule.constants
     if attributes is None:
         resolved = _attributes(rule.attributes, (element, record, root))
-        if type(resolved) is Drop:
+        if type(resolved) is _Refused:
             drops.append(Drop(rule, resolved.reason, resolved.detail))
             return
         attributes = resolved  # type: ignore[assignment]
@@ -176,7 +176,7 @@ def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
 
 def _attributes(
     attributes: tuple[Attribute, ...], scopes: tuple[Any, Any, Any]
-) -> AttributeSet | Drop:
+) -> AttributeSet | _Refused:
     """``scopes`` is (element, record, root), indexed by :class:`Scope` order."""
     out = []
     for attribute in attributes:
@@ -209,10 +209,17 @@ def _attributes(
     return tuple(out)  # type: ignore[arg-type]
 
 
-def _bad(reason: DropReason, attribute: Attribute, what: str) -> Drop:
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """Why an attribute set could not be built; the caller turns it into a Drop."""
+
+    reason: DropReason
+    detail: str
+
+
+def _bad(reason: DropReason, attribute: Attribute, what: str) -> _Refused:
     path = attribute.path.text if attribute.path is not None else ""
-    # The rule is filled in by the caller, which knows it; this Drop is a carrier.
-    return Drop(None, reason, f"attribute {attribute.key!r}: {path} {what}")  # type: ignore[arg-type]
+    return _Refused(reason, f"attribute {attribute.key!r}: {path} {what}")
 
 
 def _holds(condition: Condition, record: Any) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -58,6 +57,3 @@ class HealthServer:
         self._server.shutdown()
         self._server.server_close()
 
-
-def monotonic_age_s(since: float) -> float:
-    return max(0.0, time.monotonic() - since)

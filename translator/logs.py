@@ -70,6 +70,12 @@ class Throttled:
         self._seen[key] = (now, 0)
         self._logger.log(level, message, *args, extra={**(extra or {}), "repeats": repeats})
 
-    def clear(self, key: Any) -> bool:
-        """Forget ``key`` (the problem went away); True if it had been logged."""
-        return self._seen.pop(key, None) is not None
+    def clear(self, *prefix: Any) -> bool:
+        """Forget every key starting with ``prefix`` (the problem went away).
+
+        True if any of them had been logged.
+        """
+        gone = [k for k in self._seen if k[: len(prefix)] == prefix]
+        for key in gone:
+            del self._seen[key]
+        return bool(gone)

@@ -2,14 +2,16 @@
 
 Two threads: this one reads files and applies what is new; an export thread pushes
 right after new data (so a new version leaves within milliseconds, not at the SDK's
-60 s timer) and as a heartbeat every collection interval. SIGTERM or SIGINT stops the
-reading, then one last export is made within a bounded time, and the exit status is 0.
+60 s timer) and as a heartbeat every collection interval. SIGTERM or SIGINT ends the
+loop after one last read of every source, then one last export is made within a bounded
+time, and the exit status is 0.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -37,6 +39,8 @@ _log = logging.getLogger("translator")
 SHUTDOWN_EXPORT_S = 5.0
 #: After a half-written document, read again this soon rather than a whole interval later.
 RETRY_SOON_S = 0.1
+#: At most this many on-demand exports a second (10): a busy writer is batched, not echoed.
+MIN_EXPORT_SPACING_S = 0.1
 
 
 @dataclass(slots=True)
@@ -81,10 +85,6 @@ class Bridge:
             self._warn_path_override(job.plan)
 
     # --- public ---------------------------------------------------------------------------
-
-    @property
-    def ready(self) -> bool:
-        return self._pipeline is not None and self._pipeline.last_export_ok is not False
 
     def stop(self) -> None:
         self._stop.set()
@@ -134,6 +134,9 @@ class Bridge:
             delay = RETRY_SOON_S if poll.retry_soon else self.settings.collection_interval_s
             self._waker.wait(delay)
             if self._stop.is_set():
+                # A native sidecar is stopped right after the trainer exits: its last
+                # document may have been written a moment ago. Read it before leaving.
+                self._poll_all()
                 break
         deadline = time.monotonic() + SHUTDOWN_EXPORT_S
         self._export_wanted.set()
@@ -165,7 +168,7 @@ class Bridge:
                     self._read_failed(path, exc)
                     snapshot = None
                 else:
-                    if self._throttle.clear(("read", path)):
+                    if self._throttle.clear("read", path):
                         _log.info("%s: reading again", path, extra={"source": path})
                 now = time.monotonic()
                 if snapshot is not None:
@@ -227,7 +230,9 @@ class Bridge:
         )
         self.stats.read_errors[(path, kind)] += 1
         level = logging.INFO if kind == "missing" else logging.WARNING
-        self._throttle.log(level, ("read", path), "%s", str(exc), extra={"source": path})
+        # A new kind of problem is logged at once; the same one (sizes aside) once a minute.
+        kind = re.sub(r"\d+", "#", exc.reason)
+        self._throttle.log(level, ("read", path, kind), "%s", str(exc), extra={"source": path})
 
     def _apply(self, job: _Job, tracked: _Tracked, snapshot: Snapshot) -> None:
         assert self._registry is not None
@@ -379,6 +384,8 @@ class Bridge:
                 break
             if self._pipeline is not None:
                 self._pipeline.export(timeout_s=self.settings.export.timeout_s)
+            # While a backlog is read, batch what arrives meanwhile into the next export.
+            self._stop.wait(MIN_EXPORT_SPACING_S)
 
     def _finish(self, *, once: bool, clean: bool, deadline: float) -> int:
         for job in self._jobs:
