@@ -82,12 +82,14 @@ def test_default_and_skip_apply_only_when_missing() -> None:
     assert values(metrics, {"a": 3, "b": 4}) == ([3, 4], [])
 
 
-def test_counters_refuse_negative_values_but_up_down_counters_take_them() -> None:
+def test_counters_and_histograms_refuse_negative_values_but_up_down_counters_take_them() -> None:
     metrics = (
         "  - {name: c, type: counter, mode: increment, path: $.v}\n"
         "  - {name: u, type: updowncounter, mode: increment, path: $.v}\n"
+        "  - {name: h, type: histogram, path: $.v, buckets: [1]}\n"
+        "  - {name: g, type: gauge, path: $.v}\n"
     )
-    assert values(metrics, {"v": -2}) == ([-2], ["negative_for_counter"])
+    assert values(metrics, {"v": -2}) == ([-2, -2], ["negative", "negative"])
 
 
 def test_one_bad_value_does_not_take_the_rest_of_the_document_with_it() -> None:

@@ -146,6 +146,14 @@ BAD_MAPPINGS = [
         ],
     ),
     (
+        "histogram keeping NaN",
+        H + "  - {name: a, type: histogram, path: $.a, buckets: [1], non_finite: keep}\n",
+        [
+            "m.yaml:3: metrics[0].non_finite: histograms cannot keep NaN or Infinity (the "
+            "OpenTelemetry SDK refuses such observations); use non_finite: drop"
+        ],
+    ),
+    (
         "one name declared with two types",
         H
         + "  - {name: a, type: gauge, path: $.a}\n  - {name: a, type: counter, mode: total, path: $.b}\n",

@@ -42,7 +42,7 @@ class DropReason(StrEnum):
     UNMAPPED = "unmapped_value"
     NON_FINITE = "non_finite"
     OUT_OF_RANGE = "out_of_range"
-    NEGATIVE = "negative_for_counter"
+    NEGATIVE = "negative"
     MISSING_ATTRIBUTE = "missing_attribute"
     BAD_ATTRIBUTE = "bad_attribute"
     CARDINALITY = "cardinality_limit"
@@ -86,14 +86,16 @@ def evaluate_into(
     points = out.points
     drops = out.drops
     first = len(points)
+    resolved: dict[int, AttributeSet | _Refused] = {}  # per record, by attribute list
     for rule in plan.rules:
         if rule.when is not None and not _holds(rule.when, record):
             continue
+        cache = resolved if rule.record_level_attributes else None
         if rule.for_each is None:
-            _evaluate_element(rule, record, record, root, points, drops)
+            _evaluate_element(rule, record, record, root, points, drops, cache)
         else:
             for element in rule.for_each.all(record):
-                _evaluate_element(rule, element, record, root, points, drops)
+                _evaluate_element(rule, element, record, root, points, drops, cache)
     if extra:
         for i in range(first, len(points)):
             point = points[i]
@@ -109,6 +111,7 @@ def _evaluate_element(
     root: Any,
     points: list[Point],
     drops: list[Drop],
+    cache: dict[int, AttributeSet | _Refused] | None,
 ) -> None:
     spec = rule.value
     raw = spec.path.first(element)
@@ -122,13 +125,25 @@ def _evaluate_element(
     if type(value) is DropReason:
         drops.append(Drop(rule, value, f"{spec.path.text} = {_preview(raw)}"))
         return
-    if rule.kind is InstrumentKind.COUNTER and value < 0:  # type: ignore[operator]
-        what = "running total" if rule.mode is CounterMode.TOTAL else "increment"
-        drops.append(Drop(rule, DropReason.NEGATIVE, f"a counter {what} cannot be {value}"))
+    if value < 0 and rule.monotonic:  # type: ignore[operator]
+        if rule.kind is InstrumentKind.HISTOGRAM:
+            what = "a histogram observation"  # the SDK would ignore it with a warning
+        else:
+            what = "a counter " + (
+                "running total" if rule.mode is CounterMode.TOTAL else "increment"
+            )
+        drops.append(Drop(rule, DropReason.NEGATIVE, f"{what} cannot be {value}"))
         return
     attributes = rule.constants
     if attributes is None:
-        resolved = _attributes(rule.attributes, (element, record, root))
+        if cache is None:
+            resolved = _attributes(rule.attributes, (element, record, root))
+        else:
+            resolved = cache.get(id(rule.attributes))  # type: ignore[assignment]
+            if resolved is None:
+                resolved = cache[id(rule.attributes)] = _attributes(
+                    rule.attributes, (element, record, root)
+                )
         if type(resolved) is _Refused:
             drops.append(Drop(rule, resolved.reason, resolved.detail))
             return

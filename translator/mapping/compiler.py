@@ -203,6 +203,9 @@ class _Compiler:
         self.environ = environ
         self.default_path = default_path
         self.problems: list[Problem] = []
+        # Equal attribute lists become one tuple, so the engine can resolve them once per
+        # record for every rule that shares them (identity is the cache key).
+        self._interned: dict[tuple[Attribute, ...], tuple[Attribute, ...]] = {}
 
     def problem(self, path: YamlPath, message: str) -> None:
         self.problems.append(
@@ -331,8 +334,16 @@ class _Compiler:
         if len(self.problems) > count_before or value_path is None:
             return None
         missing_value = spec.get("missing", "drop")
+        ordered = tuple(merged[k] for k in sorted(merged))
+        attributes = self._interned.setdefault(ordered, ordered)
         if "default" in spec and "missing" in spec:
             self.problem((*where, "missing"), "give either 'default' or 'missing', not both")
+        if kind is InstrumentKind.HISTOGRAM and spec.get("non_finite") == "keep":
+            self.problem(
+                (*where, "non_finite"),
+                "histograms cannot keep NaN or Infinity (the OpenTelemetry SDK refuses such "
+                "observations); use non_finite: drop",
+            )
         return MetricRule(
             index=index,
             name=spec["name"],
@@ -354,7 +365,9 @@ class _Compiler:
             buckets=buckets,
             for_each=for_each,
             when=when,
-            attributes=tuple(merged[k] for k in sorted(merged)),
+            attributes=attributes,
+            record_level_attributes=for_each is None
+            or all(a.path is None or a.scope is not Scope.ELEMENT for a in attributes),
             constants=(
                 tuple((k, merged[k].constant) for k in sorted(merged))  # type: ignore[misc]
                 if all(a.path is None for a in merged.values())

@@ -64,44 +64,83 @@ class PathSyntaxError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Path:
-    """A compiled JSONPath. ``first`` and ``all`` never raise on any JSON input."""
+    """A compiled JSONPath. ``first`` and ``all`` never raise on any JSON input.
+
+    ``first(data)`` is the single value selected, or :data:`MISSING`; for plain key paths
+    it is a closure made once by :func:`compile_path` (the hot loop's cheapest look-up).
+    """
 
     text: str
     singular: bool
+    first: Callable[[Any], Any] = field(repr=False, compare=False)
     _keys: tuple[Any, ...] | None = field(default=None, repr=False)
     _expr: Any = field(default=None, repr=False, compare=False)
-
-    def first(self, data: Any) -> Any:
-        """The single value selected, or :data:`MISSING`."""
-        keys = self._keys
-        if keys is not None and self.singular:
-            cur = data
-            for key in keys:
-                if type(key) is str:
-                    if type(cur) is not dict:
-                        return MISSING
-                    cur = cur.get(key, MISSING)
-                    if cur is MISSING:
-                        return MISSING
-                elif type(cur) is list:
-                    try:
-                        cur = cur[key]
-                    except IndexError:
-                        return MISSING
-                else:
-                    return MISSING
-            return cur
-        found = self.all(data)
-        return found[0] if found else MISSING
 
     def all(self, data: Any) -> list[Any]:
         """Every value selected, in document order (possibly none)."""
         if self._keys is not None:
             return _walk(data, self._keys, 0)
+        return _find(self._expr, data)
+
+
+def _getter(keys: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A look-up for a singular path of plain keys and indexes.
+
+    JSON holds only dicts, lists, strings, numbers, booleans and null: indexing any of
+    them with a string key either finds the value or raises KeyError or TypeError, so a
+    path of string keys needs no type checks. Integer indexes do (a string is indexable).
+    """
+    if not all(type(k) is str for k in keys) or len(keys) > 3:
+        return lambda data: _first_checked(data, keys)
+    if not keys:
+        return lambda data: data
+    if len(keys) == 1:
+        (a,) = keys
+
+        def get1(data: Any) -> Any:
+            try:
+                return data[a]
+            except (KeyError, TypeError):
+                return MISSING
+
+        return get1
+    if len(keys) == 2:
+        a, b = keys
+
+        def get2(data: Any) -> Any:
+            try:
+                return data[a][b]
+            except (KeyError, TypeError):
+                return MISSING
+
+        return get2
+    a, b, c = keys
+
+    def get3(data: Any) -> Any:
         try:
-            return [m.value for m in self._expr.find(data)]
-        except Exception:  # jsonpath-ng raises assorted errors on odd inputs
-            return []
+            return data[a][b][c]
+        except (KeyError, TypeError):
+            return MISSING
+
+    return get3
+
+
+def _first_checked(cur: Any, keys: tuple[Any, ...]) -> Any:
+    for key in keys:
+        if type(key) is str:
+            if type(cur) is not dict:
+                return MISSING
+            cur = cur.get(key, MISSING)
+            if cur is MISSING:
+                return MISSING
+        elif type(cur) is list:
+            try:
+                cur = cur[key]
+            except IndexError:
+                return MISSING
+        else:
+            return MISSING
+    return cur
 
 
 def _walk(cur: Any, keys: tuple[Any, ...], start: int) -> list[Any]:
@@ -177,14 +216,24 @@ def compile_path(text: str) -> Path:
         raise PathSyntaxError(f"{text!r} is not a JSONPath; it must start with '$' (e.g. $.loss)")
     keys = _split_simple(text)
     if keys is not None:
-        return Path(text, singular=_WILDCARD not in keys, _keys=keys)
+        if _WILDCARD in keys:
+            return Path(text, False, lambda data: _first_of(_walk(data, keys, 0)), _keys=keys)
+        return Path(text, True, _getter(keys), _keys=keys)
     try:
         expr = _jp_parse(text)
     except (JsonPathLexerError, JsonPathParserError, Exception) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise PathSyntaxError(f"{text!r} is not a valid JSONPath: {reason}") from None
     _check_selecting(expr, text)
-    return Path(text, singular=False, _expr=expr)
+    return Path(text, False, lambda data: _first_of(_find(expr, data)), _expr=expr)
 
 
-Getter = Callable[[Any], Any]
+def _find(expr: Any, data: Any) -> list[Any]:
+    try:
+        return [m.value for m in expr.find(data)]
+    except Exception:  # jsonpath-ng raises assorted errors on odd inputs
+        return []
+
+
+def _first_of(found: list[Any]) -> Any:
+    return found[0] if found else MISSING

@@ -94,7 +94,14 @@ class MetricRule:
     """Every attribute (common ones merged in, the rule's own win), sorted by key."""
     constants: tuple[tuple[str, AttributeValue], ...] | None
     """The attribute set itself when every attribute is known at compile time, else None."""
+    record_level_attributes: bool
+    """No attribute depends on the for_each element: one resolution serves the record."""
     max_series: int
+
+    @property
+    def monotonic(self) -> bool:
+        """Values must not be negative: counters and (in the OpenTelemetry SDK) histograms."""
+        return self.kind is InstrumentKind.COUNTER or self.kind is InstrumentKind.HISTOGRAM
 
 
 @dataclass(frozen=True, slots=True)
