@@ -102,7 +102,11 @@ def _run_bridge(
     from translator.runtime import Bridge, install_signal_handlers
 
     configure_logging(settings.log_level, settings.log_format, stderr)
-    plans = load_plans(settings.mapping_path, default_source_path=settings.metrics_file_path)
+    plans = load_plans(
+        settings.mapping_path,
+        default_source_path=settings.metrics_file_path,
+        schema_in_child=True,
+    )
     bridge = Bridge(settings, plans, console=stdout)
     restore_signals = None
     if threading.current_thread() is threading.main_thread():

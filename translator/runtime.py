@@ -316,7 +316,9 @@ class Bridge:
             return
         try:
             plans = load_plans(
-                self.settings.mapping_path, default_source_path=self.settings.metrics_file_path
+                self.settings.mapping_path,
+                default_source_path=self.settings.metrics_file_path,
+                schema_in_child=True,
             )
             if self._registry is not None:
                 self._registry.check(plans)

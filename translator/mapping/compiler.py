@@ -8,17 +8,14 @@ syntax, environment variables, instruments declared twice with different types).
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
-
-import jsonschema
 
 from translator.errors import MappingError, Problem
 from translator.mapping._yaml import LoadedYaml, YamlPath, format_path, load_yaml
@@ -50,16 +47,12 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-@cache
-def _validator() -> jsonschema.protocols.Validator:
-    return jsonschema.Draft202012Validator(schema())
-
-
 def load_plan(
     file: str | os.PathLike[str],
     *,
     environ: Mapping[str, str] | None = None,
     default_source_path: str = DEFAULT_SOURCE_PATH,
+    check_schema: bool = True,
 ) -> Plan:
     """Read and compile a mapping file; raise :class:`MappingError` listing every problem."""
     name = os.fspath(file)
@@ -84,6 +77,7 @@ def load_plan(
         name,
         environ=os.environ if environ is None else environ,
         default_source_path=default_source_path,
+        check_schema=check_schema,
     )
 
 
@@ -93,15 +87,29 @@ def compile_mapping(
     *,
     environ: Mapping[str, str],
     default_source_path: str = DEFAULT_SOURCE_PATH,
+    check_schema: bool = True,
 ) -> Plan:
+    """Compile mapping ``text``. ``check_schema=False`` is for a file that was just
+    validated by ``ml-metrics-bridge validate`` in a child process (see ``files.py``)."""
     loaded, problems = load_yaml(text, file)
     if loaded is None:
         raise MappingError(problems)
-    problems = list(_schema_problems(loaded, file))
-    if problems:
-        raise MappingError(_in_file_order(problems))
+    if check_schema:
+        from translator.mapping.schema_check import schema_problems
+
+        problems = list(schema_problems(loaded, file))
+        if problems:
+            raise MappingError(_in_file_order(problems))
     compiler = _Compiler(loaded, file, environ, default_source_path)
-    plan = compiler.compile()
+    try:
+        plan = compiler.compile()
+    except (KeyError, TypeError, ValueError, AttributeError):
+        if check_schema:
+            raise
+        # Validated out of process, then changed before we read it: try the next version.
+        raise MappingError(
+            [Problem(file, None, "", "changed while being loaded and no longer validates")]
+        ) from None
     if compiler.problems:
         raise MappingError(_in_file_order(compiler.problems))
     return plan
@@ -109,86 +117,6 @@ def compile_mapping(
 
 def _in_file_order(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line or 0, p.yaml_path))
-
-
-# --- JSON Schema errors, rewritten for people -------------------------------------------
-
-
-def _schema_problems(loaded: LoadedYaml, file: str) -> Iterator[Problem]:
-    seen: set[tuple[int | None, str, str]] = set()
-    for error in _validator().iter_errors(loaded.data):
-        for path, message in _explain(error):
-            problem = Problem(file, loaded.line_of(path), format_path(path), message)
-            key = (problem.line, problem.yaml_path, problem.message)
-            if key not in seen:
-                seen.add(key)
-                yield problem
-
-
-def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]]:
-    path: YamlPath = tuple(error.absolute_path)
-    kind = error.validator
-    last = path[-1] if path else None
-    # jsonschema types these as unions with "Unset"; for errors from iter_errors they are set.
-    instance: Any = error.instance
-    expected: Any = error.validator_value
-    rule: Any = error.schema
-    if kind == "additionalProperties" and isinstance(instance, dict):
-        allowed = sorted(rule.get("properties", {}))
-        if not allowed:  # an attribute map: any key, but the values were wrong
-            yield path, str(error.message)
-            return
-        for key in sorted(set(instance) - set(allowed)):
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
-            yield (*path, key), f"unknown key {key!r}; {hint}"
-    elif kind == "oneOf" and rule is schema()["$defs"]["attributeValue"]:
-        yield (
-            path,
-            (
-                "an attribute is a string, number or boolean, or a mapping with exactly one of "
-                "'value', 'env', 'path', 'root_path' (and optionally 'default')"
-            ),
-        )
-    elif kind == "required":
-        missing = [k for k in expected if k not in instance]
-        for key in missing:
-            hint = {
-                "mode": "; counters say mode: total (the file holds a running total) "
-                "or mode: increment (each record holds an amount to add)",
-                "buckets": "; histograms need explicit bucket boundaries, e.g. [10, 50, 100]",
-                "version": "; start the file with 'version: 1'",
-            }.get(key, "")
-            yield path, f"missing required key {key!r}{hint}"
-    elif kind == "not" and isinstance(expected, dict):
-        (key,) = expected.get("required", ["?"])
-        kind_name = instance.get("type") if isinstance(instance, dict) else None
-        applies = "counter and updowncounter" if key == "mode" else "histogram"
-        yield (*path, key), f"{key!r} applies only to {applies}, not to {kind_name}"
-    elif kind == "pattern" and last == "name":
-        yield (
-            path,
-            (
-                f"{instance!r} is not a valid OpenTelemetry instrument name: start with a "
-                "letter, then letters, digits, '_', '.', '-' or '/', at most 255 characters"
-            ),
-        )
-    elif kind == "pattern" and last == "unit":
-        yield (
-            path,
-            f"{instance!r} is not a valid unit: printable ASCII, at most 63 characters",
-        )
-    elif kind == "pattern" and expected == "^\\$":
-        yield path, f"{instance!r} is not a JSONPath; it must start with '$' (e.g. $.loss)"
-    elif kind == "enum":
-        allowed = [str(v) for v in expected]
-        close = difflib.get_close_matches(str(instance), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        yield path, f"{instance!r} is not one of: {', '.join(allowed)}{hint}"
-    elif kind == "const" and path == ("version",):
-        yield path, f"version {instance!r} is not supported; this bridge reads version 1"
-    else:
-        yield path, str(error.message)
 
 
 # --- semantic compilation ------------------------------------------------------------------

@@ -1,8 +1,16 @@
-"""Find the mapping files under a path and compile them all."""
+"""Find the mapping files under a path and compile them all.
+
+The sidecar validates against the JSON Schema in a child process (``ml-metrics-bridge
+validate``, the very command CI runs), so it never holds jsonschema in memory; the
+compile that follows, in-process, does every other check.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
 from translator.errors import MappingError, Problem
 from translator.mapping.compiler import DEFAULT_SOURCE_PATH, load_plan
@@ -27,18 +35,59 @@ def mapping_files(path: str) -> list[str]:
     return found
 
 
-def load_plans(path: str, *, default_source_path: str = DEFAULT_SOURCE_PATH) -> list[Plan]:
+def load_plans(
+    path: str,
+    *,
+    default_source_path: str = DEFAULT_SOURCE_PATH,
+    schema_in_child: bool = False,
+) -> list[Plan]:
     """Every mapping under ``path``; MappingError lists the problems of all of them."""
     files = mapping_files(path)
     if not files:
         raise MappingError([Problem(path, None, "", "no mapping files (*.yaml, *.yml) here")])
+    checked = schema_in_child and _validate_in_child(path)
     plans: list[Plan] = []
     problems: list[Problem] = []
     for file in files:
         try:
-            plans.append(load_plan(file, default_source_path=default_source_path))
+            plans.append(
+                load_plan(file, default_source_path=default_source_path, check_schema=not checked)
+            )
         except MappingError as exc:
             problems.extend(exc.problems)
     if problems:
         raise MappingError(problems)
     return plans
+
+
+_REPORT_LINE = re.compile(r"^(?P<file>.+?):(?:(?P<line>\d+):)? (?P<path>\S+): (?P<message>.*)$")
+
+
+def _validate_in_child(path: str) -> bool:
+    """Run ``validate PATH`` in a child process. True: valid; MappingError: its problems;
+    False: the child could not run, so the caller validates in-process instead."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "translator", "validate", path],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if result.returncode == 0:
+        return True
+    problems = []
+    for line in result.stdout.splitlines():
+        match = _REPORT_LINE.match(line)
+        if match is None:
+            return False
+        number = match["line"]
+        path_text = "" if match["path"] == "(document)" else match["path"]
+        problems.append(
+            Problem(match["file"], int(number) if number else None, path_text, match["message"])
+        )
+    if result.returncode != 2 or not problems:
+        return False
+    raise MappingError(problems)

@@ -14,11 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from jsonpath_ng import jsonpath as _jp
-from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
-from jsonpath_ng.ext import filter as _jp_filter
-from jsonpath_ng.ext.parser import parse as _jp_parse
-
 
 class _Missing:
     __slots__ = ()
@@ -40,21 +35,6 @@ _SEGMENT = re.compile(
       | \[\s*\*\s*\](?P<star>)
     """,
     re.VERBOSE,
-)
-
-#: jsonpath-ng node types that only select. Everything else (arithmetic, `len`, `sub`,
-#: `split`, `sorted`, `str()`...) is refused at compile time.
-_SELECTING_NODES: Final = (
-    _jp.Root,
-    _jp.This,
-    _jp.Fields,
-    _jp.Index,
-    _jp.Slice,
-    _jp.Child,
-    _jp.Descendants,
-    _jp.Where,
-    _jp_filter.Filter,
-    _jp_filter.Expression,
 )
 
 
@@ -194,9 +174,23 @@ def _split_simple(text: str) -> tuple[Any, ...] | None:
     return tuple(keys)
 
 
-def _check_selecting(node: Any, text: str) -> None:
+def _selecting_nodes() -> tuple[type, ...]:
+    """jsonpath-ng node types that only select; everything else (arithmetic, `len`, `sub`,
+    `split`, `sorted`, `str()`...) is refused at compile time."""
+    from jsonpath_ng import jsonpath as jp
+    from jsonpath_ng.ext import filter as jp_filter
+
+    return (
+        jp.Root, jp.This, jp.Fields, jp.Index, jp.Slice, jp.Child, jp.Descendants, jp.Where,
+        jp_filter.Filter, jp_filter.Expression,
+    )  # fmt: skip
+
+
+def _check_selecting(node: Any, text: str, allowed: tuple[type, ...]) -> None:
+    from jsonpath_ng.jsonpath import JSONPath
+
     # Exact types: jsonpath-ng's computing nodes subclass selecting ones (Sub is a This).
-    if type(node) not in _SELECTING_NODES:
+    if type(node) not in allowed:
         raise PathSyntaxError(
             f"{text!r} uses {type(node).__name__}, which computes rather than selects; "
             "only selection (fields, indexes, slices, wildcards, filters) is allowed"
@@ -206,8 +200,8 @@ def _check_selecting(node: Any, text: str) -> None:
         if child is None or isinstance(child, str | int | float):
             continue
         for item in child if isinstance(child, list | tuple) else (child,):
-            if isinstance(item, _jp.JSONPath):
-                _check_selecting(item, text)
+            if isinstance(item, JSONPath):
+                _check_selecting(item, text, allowed)
 
 
 def compile_path(text: str) -> Path:
@@ -219,12 +213,15 @@ def compile_path(text: str) -> Path:
         if _WILDCARD in keys:
             return Path(text, False, lambda data: _first_of(_walk(data, keys, 0)), _keys=keys)
         return Path(text, True, _getter(keys), _keys=keys)
+    # Only paths beyond plain keys need jsonpath-ng (and its parser tables: ~3 MB resident).
+    from jsonpath_ng.ext.parser import parse
+
     try:
-        expr = _jp_parse(text)
-    except (JsonPathLexerError, JsonPathParserError, Exception) as exc:
+        expr = parse(text)
+    except Exception as exc:  # its lexer and parser raise several unrelated types
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise PathSyntaxError(f"{text!r} is not a valid JSONPath: {reason}") from None
-    _check_selecting(expr, text)
+    _check_selecting(expr, text, _selecting_nodes())
     return Path(text, False, lambda data: _first_of(_find(expr, data)), _expr=expr)
 
 
