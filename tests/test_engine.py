@@ -19,7 +19,7 @@ def plan_of(metrics: str, extra: str = "", environ: dict[str, str] | None = None
 
 def values(metric_yaml: str, record: Any) -> tuple[list[Any], list[str]]:
     result = evaluate(plan_of(metric_yaml), record)
-    return [p.value for p in result.points], [d.reason.value for d in result.drops]
+    return [value for _, _, value in result.points], [d.reason.value for d in result.drops]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_fan_out_gives_one_point_per_element_with_element_and_root_attributes() 
         "gpus": [{"index": 0, "util": 10}, {"index": 1, "util": 20}],
     }
     result = evaluate(plan, record)
-    assert [(dict(p.attributes), p.value) for p in result.points] == [
+    assert [(dict(attributes), value) for _, attributes, value in result.points] == [
         ({"gpu.index": 0, "host": "n1", "job": "j", "team": "ml"}, 10),
         ({"gpu.index": 1, "host": "n1", "job": "j", "team": "ml"}, 20),
     ]
@@ -125,7 +125,7 @@ def test_missing_attribute_drops_the_point_unless_it_has_a_default() -> None:
         extra="attributes:\n  job: {path: $.job}\n  rank: {path: $.rank, default: 0}\n",
     )
     ok = evaluate(plan, {"v": 1, "job": "j"})
-    assert [dict(p.attributes) for p in ok.points] == [{"job": "j", "rank": 0}]
+    assert [dict(attributes) for _, attributes, _ in ok.points] == [{"job": "j", "rank": 0}]
     bad = evaluate(plan, {"v": 1})
     assert [(d.reason, d.detail) for d in bad.drops] == [
         (DropReason.MISSING_ATTRIBUTE, "attribute 'job': $.job selects nothing")
@@ -149,11 +149,11 @@ def test_when_filters_records_and_one_name_can_take_several_rules() -> None:
     )
     train = evaluate(plan, {"loss": 0.5, "lr": 0.1, "phase": "train"})
     evaluation = evaluate(plan, {"eval_loss": 0.7, "lr": 0.1, "phase": "eval"})
-    assert [(p.rule.name, dict(p.attributes), p.value) for p in train.points] == [
+    assert [(r.name, dict(a), v) for r, a, v in train.points] == [
         ("loss", {"split": "train"}, 0.5),
         ("lr", {}, 0.1),
     ]
-    assert [(p.rule.name, dict(p.attributes), p.value) for p in evaluation.points] == [
+    assert [(r.name, dict(a), v) for r, a, v in evaluation.points] == [
         ("loss", {"split": "eval"}, 0.7),
     ]
     assert train.drops == evaluation.drops == []

@@ -180,9 +180,9 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     for number, record in enumerate(records):
         evaluation = Evaluation()
         evaluate_into(plan, record, root_of(record), evaluation)
-        for point in evaluation.points:
-            series.setdefault(point.rule.name, set()).add(point.attributes)
-            rows.append(_row(number, point.rule, point.value, dict(point.attributes)))
+        for rule, attributes, value in evaluation.points:
+            series.setdefault(rule.name, set()).add(attributes)
+            rows.append(_row(number, rule, value, dict(attributes)))
         for drop in evaluation.drops:
             row = _row(number, drop.rule, None, {})
             row["dropped"] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from translator.engine import AttributeSet, Drop, DropReason, Point
-from translator.mapping.plan import CounterMode, InstrumentKind, InstrumentSpec, Plan
+from translator.mapping.plan import CounterMode, InstrumentKind, InstrumentSpec, MetricRule, Plan
 
 _log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class _Instrument:
     histogram_series: dict[AttributeSet, dict[str, Any]] = field(default_factory=dict)
     retired: bool = False
     overflow_warned: bool = False
+    histogram: bool = False
+
+    def __post_init__(self) -> None:
+        self.histogram = self.spec.kind is InstrumentKind.HISTOGRAM
 
     def live_count(self) -> int:
         if self.spec.kind is InstrumentKind.HISTOGRAM:
@@ -138,46 +143,59 @@ class InstrumentRegistry:
 
     # --- data ----------------------------------------------------------------------------
 
-    def apply(self, source: str, points: list[Point], *, replaces: bool) -> list[Drop]:
+    def apply(
+        self,
+        source: str,
+        points: list[Point],
+        *,
+        replaces: bool,
+        counts: Counter[str] | None = None,
+    ) -> list[Drop]:
         """Apply one read's points. ``replaces``: they are the source's whole current state.
 
-        Returns the points refused by the cardinality guard, as drops.
+        Adds the points applied per metric to ``counts``; returns the points refused by the
+        cardinality guard, as drops.
         """
         drops: list[Drop] = []
+        applied: Counter[str] = Counter() if counts is None else counts
         with self._lock:
             fresh: dict[str, dict[AttributeSet, _Series]] = {}
-            for point in points:
-                instrument = self._instruments.get(point.rule.name)
+            instruments = self._instruments
+            for rule, attributes, value in points:
+                name = rule.name
+                instrument = instruments.get(name)
                 if instrument is None or instrument.retired:
                     continue
+                applied[name] += 1
                 spec = instrument.spec
-                if spec.kind is InstrumentKind.HISTOGRAM:
-                    attrs = instrument.histogram_series.get(point.attributes)
+                if instrument.histogram:
+                    attrs = instrument.histogram_series.get(attributes)
                     if attrs is None:
-                        if self._over_limit(instrument, point, drops):
+                        if self._over_limit(instrument, rule, drops):
                             continue
-                        attrs = instrument.histogram_series[point.attributes] = dict(
-                            point.attributes
-                        )
-                    instrument.sdk.record(point.value, attrs)
+                        attrs = instrument.histogram_series[attributes] = dict(attributes)
+                    instrument.sdk.record(value, attrs)
                     continue
                 old = instrument.by_source.get(source)
                 if replaces and spec.mode is not CounterMode.INCREMENT:
-                    target = fresh.setdefault(spec.name, {})
+                    target = fresh.setdefault(name, {})
                 elif old is None:
                     target = old = instrument.by_source[source] = {}
                 else:
                     target = old
-                series = target.get(point.attributes)
+                series = target.get(attributes)
                 if series is None:
                     # A series seen in the previous read carries on (counters keep their run).
-                    series = old.get(point.attributes) if old is not None else None
+                    series = old.get(attributes) if old is not None else None
                     if series is None:
-                        if self._over_limit(instrument, point, drops):
+                        if self._over_limit(instrument, rule, drops):
                             continue
-                        series = _Series(dict(point.attributes))
-                    target[point.attributes] = series
-                _update(spec, series, point.value)
+                        series = _Series(dict(attributes))
+                    target[attributes] = series
+                if spec.mode is None:
+                    series.value = value  # a gauge: the newest value
+                else:
+                    _update(spec, series, value)
             if replaces:
                 for instrument in self._instruments.values():
                     if instrument.spec.mode is CounterMode.INCREMENT or (
@@ -202,7 +220,7 @@ class InstrumentRegistry:
             instrument = self._instruments.get(name)
             return 0 if instrument is None else instrument.live_count()
 
-    def _over_limit(self, instrument: _Instrument, point: Point, drops: list[Drop]) -> bool:
+    def _over_limit(self, instrument: _Instrument, rule: MetricRule, drops: list[Drop]) -> bool:
         if instrument.live_count() < instrument.max_series:
             return False
         detail = (
@@ -212,7 +230,7 @@ class InstrumentRegistry:
         if not instrument.overflow_warned:
             instrument.overflow_warned = True
             _log.warning("cardinality limit reached: %s; new series are dropped", detail)
-        drops.append(Drop(point.rule, DropReason.CARDINALITY, detail))
+        drops.append(Drop(rule, DropReason.CARDINALITY, detail))
         return True
 
 

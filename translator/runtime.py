@@ -243,14 +243,11 @@ class Bridge:
             root = record if snapshot.root is None else snapshot.root
             evaluate_into(job.plan, record, root, evaluation, extra)
         drops = evaluation.drops + self._registry.apply(
-            path, evaluation.points, replaces=snapshot.replaces
+            path, evaluation.points, replaces=snapshot.replaces, counts=self.stats.points_emitted
         )
         stats = self.stats
         stats.records_read[path] += len(snapshot.records)
         stats.newest_data[path] = snapshot.read_at
-        emitted = stats.points_emitted
-        for point in evaluation.points:
-            emitted[point.rule.name] += 1
         for drop in drops:
             rule = f"metrics[{drop.rule.index}]"
             stats.points_dropped[(drop.rule.name, rule, drop.reason.value)] += 1

@@ -288,6 +288,7 @@ class _Compiler:
                 default=spec.get("default"),
                 skip_missing=missing_value == "skip",
                 keep_non_finite=spec.get("non_finite", "drop") == "keep",
+                plain=not enum and "scale" not in spec and "offset" not in spec,
             ),
             mode=CounterMode(spec["mode"]) if "mode" in spec else None,
             buckets=buckets,
@@ -302,6 +303,8 @@ class _Compiler:
                 else None
             ),
             max_series=max_series,
+            monotonic=kind in (InstrumentKind.COUNTER, InstrumentKind.HISTOGRAM),
+            attributes_id=id(attributes),
         )
 
     def condition(self, spec: dict[str, Any], where: YamlPath) -> Condition | None:

@@ -74,6 +74,8 @@ class ValueSpec:
     default: float | None = None
     skip_missing: bool = False
     keep_non_finite: bool = False
+    plain: bool = False
+    """A number in the file is exported as it is (no map, scale or offset)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +99,10 @@ class MetricRule:
     record_level_attributes: bool
     """No attribute depends on the for_each element: one resolution serves the record."""
     max_series: int
-
-    @property
-    def monotonic(self) -> bool:
-        """Values must not be negative: counters and (in the OpenTelemetry SDK) histograms."""
-        return self.kind is InstrumentKind.COUNTER or self.kind is InstrumentKind.HISTOGRAM
+    monotonic: bool = False
+    """Values must not be negative: counters and (in the OpenTelemetry SDK) histograms."""
+    attributes_id: int = 0
+    """``id(attributes)``: the engine's per-record cache key (equal lists are one tuple)."""
 
 
 @dataclass(frozen=True, slots=True)
