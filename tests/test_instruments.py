@@ -33,6 +33,7 @@ class Harness:
     def collect(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
         out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         data = self.reader.get_metrics_data()
+        data = self.registry.hide_retired(data) if data else data
         for rm in data.resource_metrics if data else []:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
@@ -152,3 +153,34 @@ def test_reinstalling_with_a_changed_instrument_type_is_refused(harness_of: Any)
         h.registry.install(
             [compile_metrics("  - {name: loss, type: counter, mode: total, path: $.loss}\n")]
         )
+
+
+def test_histogram_series_of_a_forgotten_source_are_no_longer_exported(harness_of: Any) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: t, type: histogram, path: $.t, buckets: [10]}\n",
+            extra="attributes:\n  run: {path: $.run}\n",
+        )
+    )
+    h.apply({"run": "a", "t": 1}, source="a.json")
+    h.apply({"run": "b", "t": 2}, source="b.json")
+    h.registry.forget("a.json")
+    assert [a for a, _ in h.collect()["t"]] == [{"run": "b"}]
+    h.apply({"run": "a", "t": 3}, source="a.json")  # back: its cumulative counts go on
+    assert sorted((a["run"], v[0]) for a, v in h.collect()["t"]) == [("a", 2), ("b", 1)]
+
+
+def test_a_histogram_the_new_plan_drops_is_no_longer_exported(harness_of: Any) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: t, type: histogram, path: $.t, buckets: [10]}\n"
+            "  - {name: loss, type: gauge, path: $.loss}\n"
+        )
+    )
+    h.apply({"t": 1, "loss": 0.5})
+    assert set(h.collect()) == {"t", "loss"}
+    smaller = compile_metrics("  - {name: loss, type: gauge, path: $.loss}\n")
+    h.registry.install([smaller])
+    h.plan = smaller
+    h.apply({"loss": 0.4})
+    assert set(h.collect()) == {"loss"}

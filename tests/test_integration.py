@@ -171,6 +171,8 @@ def test_a_stale_file_stops_being_exported(
     mapping.write_text(
         "version: 1\nsource: {stale_after_s: 1}\n"
         "metrics:\n  - {name: ml.training.loss, type: gauge, path: $.training_metrics.training_loss}\n"
+        "  - {name: ml.training.processing_time, type: histogram, unit: ms,"
+        " path: $.training_metrics.processing_time_ms, buckets: [100, 1000]}\n"
     )
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1")
@@ -182,8 +184,8 @@ def test_a_stale_file_stops_being_exported(
     seen = grpc_receiver.request_count
     grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 2, what="two more exports")
     assert grpc_receiver.requests[-1].points and all(
-        p.name != "ml.training.loss" for p in grpc_receiver.requests[-1].points
-    )
+        not p.name.startswith("ml.training.") for p in grpc_receiver.requests[-1].points
+    ), "neither the gauge nor the histogram of a stale file is exported"
 
 
 def test_sigterm_flushes_the_latest_values_and_exits_0(

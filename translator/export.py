@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -69,12 +69,15 @@ for _name in ("opentelemetry.exporter.otlp", "opentelemetry.sdk.metrics._interna
 class _ObservedExporter(MetricExporter):
     """Delegates to a real exporter and keeps score of what happened."""
 
-    def __init__(self, inner: MetricExporter, target: str, stats: Stats) -> None:
+    def __init__(
+        self, inner: MetricExporter, target: str, stats: Stats, pipeline: Pipeline
+    ) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
         self._inner = inner
+        self._pipeline = pipeline
         self.target = target
         self._stats = stats
         self.failing_since: float | None = None
@@ -86,6 +89,7 @@ class _ObservedExporter(MetricExporter):
     ) -> MetricExportResult:
         _SDK_EXPORTER_LOG.message = ""
         try:
+            metrics_data = self._pipeline.filtered(metrics_data)
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis)
         except Exception as exc:  # an exporter bug must not stop the bridge
             _SDK_EXPORTER_LOG.message = f"{type(exc).__name__}: {exc}"
@@ -186,18 +190,19 @@ class Pipeline:
         self, settings: ExportSettings, resource: Resource, *, stats: Stats, console: TextIO
     ) -> None:
         self.settings = settings
+        self._filter: Callable[[MetricsData], MetricsData] | None = None
         self._push: list[PeriodicExportingMetricReader] = []
         self._observed: list[_ObservedExporter] = []
         readers: list[MetricReader] = []
         for name in settings.exporters:
             if name == "prometheus":
-                readers.append(_prometheus_reader(settings))
+                readers.append(_prometheus_reader(settings, self))
                 continue
             if name == "otlp":
                 inner, target = _otlp_exporter(settings)
             else:
                 inner, target = CompactConsoleExporter(console), "console"
-            observed = _ObservedExporter(inner, target, stats)
+            observed = _ObservedExporter(inner, target, stats, self)
             reader = PeriodicExportingMetricReader(observed, export_interval_millis=math.inf)
             self._observed.append(observed)
             self._push.append(reader)
@@ -212,6 +217,13 @@ class Pipeline:
         self.meter = self.meter_provider.get_meter(METER_NAME, __version__)
         self.self_meter = self.meter_provider.get_meter(SELF_METER_NAME, __version__)
         self._lock = threading.Lock()
+
+    def set_filter(self, keep: Callable[[MetricsData], MetricsData]) -> None:
+        """Every collection passes through ``keep`` before any exporter sees it."""
+        self._filter = keep
+
+    def filtered(self, data: MetricsData) -> MetricsData:
+        return data if self._filter is None else self._filter(data)
 
     @property
     def last_export_ok(self) -> bool | None:
@@ -279,9 +291,15 @@ def _otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
     return http_exporter, f"{settings.endpoint} (OTLP/HTTP)"
 
 
-def _prometheus_reader(settings: ExportSettings) -> MetricReader:
+def _prometheus_reader(settings: ExportSettings, pipeline: Pipeline) -> MetricReader:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import start_http_server
+
+    class FilteredReader(PrometheusMetricReader):
+        def _receive_metrics(self, metrics_data: MetricsData, *args: Any, **kwargs: Any) -> None:
+            if metrics_data is not None:
+                metrics_data = pipeline.filtered(metrics_data)
+            super()._receive_metrics(metrics_data, *args, **kwargs)
 
     start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
     _log.info(
@@ -289,7 +307,7 @@ def _prometheus_reader(settings: ExportSettings) -> MetricReader:
         settings.prometheus_host,
         settings.prometheus_port,
     )
-    return PrometheusMetricReader()
+    return FilteredReader()
 
 
 def _read(path: str | None) -> bytes | None:

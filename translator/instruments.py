@@ -6,6 +6,9 @@ reported (no ghost series), and a file that went stale takes its series with it.
 Counters keep their own cumulative state here: a running total from the file is reported
 as is, and a total that goes down starts a new run on top of the old one (a reset is
 never a negative add). Histograms are synchronous: each observation is recorded once.
+The SDK keeps a histogram series for the life of the process, so series that should no
+longer be reported (their file went stale or away, their instrument left the mapping)
+are taken out of each collection by :meth:`InstrumentRegistry.hide_retired`.
 
 This is the only module that calls the OpenTelemetry metrics API for mapped metrics.
 """
@@ -16,10 +19,11 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics.export import Histogram, Metric, MetricsData
 
 from translator.engine import AttributeSet, Drop, DropReason, Point
 from translator.mapping.plan import CounterMode, InstrumentKind, InstrumentSpec, MetricRule, Plan
@@ -49,6 +53,9 @@ class _Instrument:
     retired: bool = False
     overflow_warned: bool = False
     histogram: bool = False
+    histogram_sources: dict[str, set[AttributeSet]] = field(default_factory=dict)
+    hidden: set[AttributeSet] = field(default_factory=set)
+    """Histogram series no source reports any more; taken out of collections."""
 
     def __post_init__(self) -> None:
         self.histogram = self.spec.kind is InstrumentKind.HISTOGRAM
@@ -175,6 +182,12 @@ class InstrumentRegistry:
                             continue
                         attrs = instrument.histogram_series[attributes] = dict(attributes)
                     instrument.sdk.record(value, attrs)
+                    seen = instrument.histogram_sources.get(source)
+                    if seen is None:
+                        seen = instrument.histogram_sources[source] = set()
+                    seen.add(attributes)
+                    if instrument.hidden:
+                        instrument.hidden.discard(attributes)
                     continue
                 old = instrument.by_source.get(source)
                 if replaces and spec.mode is not CounterMode.INCREMENT:
@@ -214,6 +227,22 @@ class InstrumentRegistry:
         with self._lock:
             for instrument in self._instruments.values():
                 instrument.by_source.pop(source, None)
+                gone = instrument.histogram_sources.pop(source, None)
+                if gone:
+                    still = set().union(*instrument.histogram_sources.values())
+                    instrument.hidden |= gone - still
+
+    def hide_retired(self, data: MetricsData) -> MetricsData:
+        """``data`` without the histogram series this registry no longer reports."""
+        with self._lock:
+            hidden = {
+                name: (instrument.retired, frozenset(instrument.hidden))
+                for name, instrument in self._instruments.items()
+                if instrument.histogram and (instrument.retired or instrument.hidden)
+            }
+        if not hidden:
+            return data
+        return _without(data, hidden)
 
     def series_count(self, name: str) -> int:
         with self._lock:
@@ -232,6 +261,37 @@ class InstrumentRegistry:
             _log.warning("cardinality limit reached: %s; new series are dropped", detail)
         drops.append(Drop(rule, DropReason.CARDINALITY, detail))
         return True
+
+
+def _without(
+    data: MetricsData, hidden: dict[str, tuple[bool, frozenset[AttributeSet]]]
+) -> MetricsData:
+    """A copy of ``data`` leaving out hidden histogram series (all of a retired one)."""
+
+    def keep_metric(metric: Metric) -> Metric | None:
+        rule = hidden.get(metric.name)
+        if rule is None or not isinstance(metric.data, Histogram):
+            return metric
+        retired, series = rule
+        if retired:
+            return None
+        points = [
+            p for p in metric.data.data_points
+            if tuple(sorted((p.attributes or {}).items())) not in series
+        ]  # fmt: skip
+        if not points:
+            return None
+        return replace(metric, data=replace(metric.data, data_points=points))
+
+    resource_metrics = []
+    for rm in data.resource_metrics:
+        scopes = []
+        for sm in rm.scope_metrics:
+            metrics = [m for m in map(keep_metric, sm.metrics) if m is not None]
+            if metrics:
+                scopes.append(replace(sm, metrics=metrics))
+        resource_metrics.append(replace(rm, scope_metrics=scopes))
+    return MetricsData(resource_metrics=resource_metrics)
 
 
 def _update(spec: InstrumentSpec, series: _Series, value: float | int) -> None:

@@ -372,6 +372,7 @@ class Bridge:
             registry.install(self.plans)
         except InstrumentConflict as exc:
             raise ConfigError(str(exc)) from None
+        self._pipeline.set_filter(registry.hide_retired)
         self._registry = registry
 
     def _export_loop(self) -> None:
