@@ -239,3 +239,16 @@ def test_json_logs_are_one_object_per_line_naming_the_source(
     assert about_file["level"] == "info"
     assert about_file["message"] == f"{missing}: does not exist (yet)"
     assert {"time", "logger"} <= set(about_file)
+
+
+def test_preview_of_json_lines_shows_every_record_in_order_and_skips_bad_lines(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "metrics.jsonl"
+    source.write_text('{"iteration": 19, "total_loss": 1.5}\n{oops\n{"iteration": 39, "total_loss": 1.2}\n')
+    mapping = ROOT / "mappings/examples/detectron2-jsonl.yaml"
+    status, out, err = call("preview", "--mapping", str(mapping), str(source), "--format", "json")
+    assert status == 0
+    assert err == f"{source}:2: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); skipped\n"
+    losses = [(r["record"], r["value"]) for r in json.loads(out) if r["name"] == "detectron2.loss"]
+    assert losses == [(0, 1.5), (1, 1.2)]

@@ -171,7 +171,7 @@ def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     (plan,) = load_plans(args.mapping)[:1]
     try:
-        records, root_of = _read_input(plan, args.input)
+        records, root_of = _read_input(plan, args.input, stderr)
     except (OSError, SourceError, ValueError) as exc:
         stderr.write(f"ml-metrics-bridge: cannot read {args.input}: {exc}\n")
         return EXIT_FAILED
@@ -212,13 +212,20 @@ def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict
     }
 
 
-def _read_input(plan: Plan, path: str) -> tuple[list[Any], Any]:
+def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
     from translator.sources import parse_json
 
     with open(path, "rb") as fh:
         data = fh.read()
     if plan.source.format is SourceFormat.JSONL:
-        records = [parse_json(line) for line in data.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(parse_json(line))
+            except ValueError as exc:  # the sidecar skips such a line too, and counts it
+                stderr.write(f"{path}:{number}: not JSON ({exc}); skipped\n")
         return records, lambda record: record
     document = parse_json(data)
     if plan.source.records is not None:
