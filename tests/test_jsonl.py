@@ -125,3 +125,25 @@ def test_path_pattern_names_become_attributes(tmp_path: Path) -> None:
     assert paths == [f"{tmp_path}/r1/state.json", f"{tmp_path}/r2/state.json"]
     assert pattern.attributes(paths[1]) == (("run_id", "r2"),)
     assert PathPattern(str(tmp_path / "plain.json")).expand() == [str(tmp_path / "plain.json")]
+
+
+def test_truncation_followed_by_regrowth_past_the_old_offset_is_still_detected(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "m.jsonl"
+    append(f, {"i": 1}, {"i": 2})
+    source = jsonl_source(f)
+    assert drain(source) == [1, 2]
+    with open(f, "w") as fh:  # copytruncate, then the writer appends more than before
+        fh.write("".join(json.dumps({"i": i, "pad": "x" * 20}) + "\n" for i in range(3, 6)))
+    assert drain(source) == [3, 4, 5]
+
+
+def test_checkpoint_of_a_file_rewritten_while_down_reads_it_whole(tmp_path: Path) -> None:
+    f, state = tmp_path / "m.jsonl", tmp_path / "state"
+    state.mkdir()
+    append(f, {"i": 1}, {"i": 2})
+    assert drain(jsonl_source(f, state)) == [1, 2]
+    with open(f, "w") as fh:  # same inode, new content, longer than the old offset
+        fh.write("".join(json.dumps({"i": i, "pad": "y" * 20}) + "\n" for i in range(3, 6)))
+    assert drain(jsonl_source(f, state)) == [3, 4, 5]

@@ -155,6 +155,8 @@ def _hashable(value: Any) -> Any:
 
 #: How much of a JSON Lines backlog one poll reads; the rest comes on the next poll.
 JSONL_CHUNK_BYTES = 4 * 1024 * 1024
+#: How many first bytes of a JSON Lines file identify its content (see JsonlSource._head).
+_HEAD_BYTES = 128
 
 
 class JsonlSource:
@@ -166,9 +168,12 @@ class JsonlSource:
         self._fh: Any = None
         self._inode: int | None = None
         self._offset = 0
+        self._head = b""
+        """The file's first bytes as last read: a rewrite from the start changes them even
+        when the file grew back past our offset before we looked (copytruncate + appends)."""
         self._opened_before = False
         self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
-        self._resume: tuple[int, int] | None = self._load_checkpoint()
+        self._resume: tuple[int, int, bytes] | None = self._load_checkpoint()
 
     # The caller applies a snapshot, then calls commit(); a crash in between re-reads it.
     def commit(self) -> None:
@@ -177,9 +182,13 @@ class JsonlSource:
         tmp = f"{self._checkpoint}.tmp"
         try:
             with open(tmp, "wb") as fh:
-                fh.write(
-                    orjson.dumps({"path": self.path, "inode": self._inode, "offset": self._offset})
-                )
+                state = {
+                    "path": self.path,
+                    "inode": self._inode,
+                    "offset": self._offset,
+                    "head": self._head.hex(),
+                }
+                fh.write(orjson.dumps(state))
             os.replace(tmp, self._checkpoint)
         except OSError as exc:
             raise SourceUnavailable(
@@ -196,7 +205,10 @@ class JsonlSource:
             st = os.stat(self.path)
         except FileNotFoundError:
             if self._fh is not None:  # renamed away: finish what the old file still holds
-                return self._read_lines()
+                drained = self._read_lines()
+                if drained is not None:
+                    return drained
+                self.close()
             raise SourceMissing(self.path, "does not exist (yet)") from None
         except OSError as exc:
             raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
@@ -210,10 +222,13 @@ class JsonlSource:
             self.close()
         if self._fh is None:
             self._open(st)
-        elif st.st_size < self._offset:
+        elif st.st_size < self._offset or not self._head_unchanged():
             # Truncated in place (copytruncate): the new content starts at 0.
-            self._offset = 0
+            self._offset, self._head = 0, b""
         return self._read_lines()
+
+    def _head_unchanged(self) -> bool:
+        return not self._head or os.pread(self._fh.fileno(), len(self._head), 0) == self._head
 
     def _open(self, st: os.stat_result) -> None:
         try:
@@ -221,15 +236,18 @@ class JsonlSource:
         except OSError as exc:
             raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
         self._inode = os.fstat(self._fh.fileno()).st_ino
+        self._offset, self._head = 0, b""
         if self._resume is not None:
-            inode, offset = self._resume
+            inode, offset, head = self._resume
             self._resume = None
-            # The checkpointed file is gone (rotated while we were down): read the new one whole.
-            self._offset = offset if inode == self._inode and offset <= st.st_size else 0
+            self._head = head
+            if inode == self._inode and offset <= st.st_size and self._head_unchanged():
+                self._offset = offset
+            else:
+                # Rotated or rewritten while we were down: read the new content whole.
+                self._head = b""
         elif not self._opened_before and self._spec.start_at_end:
             self._offset = self._end_of_last_line(st.st_size)
-        else:
-            self._offset = 0
         self._opened_before = True
 
     def _end_of_last_line(self, size: int) -> int:
@@ -267,6 +285,8 @@ class JsonlSource:
             )
         start = self._offset
         self._offset += cut + 1
+        if len(self._head) < _HEAD_BYTES and self._offset > len(self._head):
+            self._head = os.pread(fh.fileno(), min(_HEAD_BYTES, self._offset), 0)
         records = []
         for number, line in enumerate(data[: cut + 1].split(b"\n")[:-1]):
             if not line.strip():
@@ -293,13 +313,13 @@ class JsonlSource:
             more=len(data) == JSONL_CHUNK_BYTES,
         )
 
-    def _load_checkpoint(self) -> tuple[int, int] | None:
+    def _load_checkpoint(self) -> tuple[int, int, bytes] | None:
         if self._checkpoint is None:
             return None
         try:
             with open(self._checkpoint, "rb") as fh:
                 saved = orjson.loads(fh.read())
-            return int(saved["inode"]), int(saved["offset"])
+            return int(saved["inode"]), int(saved["offset"]), bytes.fromhex(saved.get("head", ""))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
