@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from opentelemetry.sdk import metrics as sdk_metrics
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     HistogramDataPoint,
     MetricExporter,
     MetricExportResult,
@@ -89,8 +91,8 @@ class _ObservedExporter(MetricExporter):
     ) -> MetricExportResult:
         _SDK_EXPORTER_LOG.message = ""
         try:
-            metrics_data = self._pipeline.filtered(metrics_data)
-            result = self._inner.export(metrics_data, timeout_millis=timeout_millis)
+            completed = self._pipeline.filtered(metrics_data) or metrics_data
+            result = self._inner.export(completed, timeout_millis=timeout_millis)
         except Exception as exc:  # an exporter bug must not stop the bridge
             _SDK_EXPORTER_LOG.message = f"{type(exc).__name__}: {exc}"
             result = MetricExportResult.FAILURE
@@ -190,7 +192,8 @@ class Pipeline:
         self, settings: ExportSettings, resource: Resource, *, stats: Stats, console: TextIO
     ) -> None:
         self.settings = settings
-        self._filter: Callable[[MetricsData], MetricsData] | None = None
+        self.resource = resource
+        self._filter: Callable[[MetricsData | None], MetricsData] | None = None
         self._push: list[PeriodicExportingMetricReader] = []
         self._observed: list[_ObservedExporter] = []
         readers: list[MetricReader] = []
@@ -218,11 +221,12 @@ class Pipeline:
         self.self_meter = self.meter_provider.get_meter(SELF_METER_NAME, __version__)
         self._lock = threading.Lock()
 
-    def set_filter(self, keep: Callable[[MetricsData], MetricsData]) -> None:
-        """Every collection passes through ``keep`` before any exporter sees it."""
-        self._filter = keep
+    def set_filter(self, complete: Callable[[MetricsData | None], MetricsData]) -> None:
+        """Every collection passes through ``complete`` before any exporter sees it (the
+        registry adds the histograms it aggregates itself)."""
+        self._filter = complete
 
-    def filtered(self, data: MetricsData) -> MetricsData:
+    def filtered(self, data: MetricsData | None) -> MetricsData | None:
         return data if self._filter is None else self._filter(data)
 
     @property
@@ -255,6 +259,21 @@ class Pipeline:
             _log.warning("exporter shutdown: %s", exc)
 
 
+#: Cumulative for every instrument, whatever OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+#: says: Prometheus needs it, and the histograms the registry aggregates are cumulative.
+_CUMULATIVE: dict[type, AggregationTemporality] = {
+    kind: AggregationTemporality.CUMULATIVE
+    for kind in (
+        sdk_metrics.Counter,
+        sdk_metrics.UpDownCounter,
+        sdk_metrics.Histogram,
+        sdk_metrics.ObservableCounter,
+        sdk_metrics.ObservableUpDownCounter,
+        sdk_metrics.ObservableGauge,
+    )
+}
+
+
 def _otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -269,6 +288,7 @@ def _otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
                 certificate_chain=_read(settings.client_certificate_file),
             )
         grpc_exporter = OTLPMetricExporter(
+            preferred_temporality=_CUMULATIVE,
             endpoint=settings.endpoint,
             insecure=settings.insecure,
             credentials=credentials,
@@ -281,6 +301,7 @@ def _otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
     )
 
     http_exporter = HttpExporter(
+        preferred_temporality=_CUMULATIVE,
         endpoint=settings.endpoint,
         certificate_file=settings.certificate_file,
         client_certificate_file=settings.client_certificate_file,
@@ -297,9 +318,8 @@ def _prometheus_reader(settings: ExportSettings, pipeline: Pipeline) -> MetricRe
 
     class FilteredReader(PrometheusMetricReader):
         def _receive_metrics(self, metrics_data: MetricsData, *args: Any, **kwargs: Any) -> None:
-            if metrics_data is not None:
-                metrics_data = pipeline.filtered(metrics_data)
-            super()._receive_metrics(metrics_data, *args, **kwargs)
+            completed = pipeline.filtered(metrics_data) or metrics_data
+            super()._receive_metrics(completed, *args, **kwargs)
 
     start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
     _log.info(

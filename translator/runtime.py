@@ -372,7 +372,8 @@ class Bridge:
             registry.install(self.plans)
         except InstrumentConflict as exc:
             raise ConfigError(str(exc)) from None
-        self._pipeline.set_filter(registry.hide_retired)
+        resource = self._pipeline.resource
+        self._pipeline.set_filter(lambda data: registry.add_histograms(data, resource))
         self._registry = registry
 
     def _export_loop(self) -> None:
