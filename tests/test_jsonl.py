@@ -147,3 +147,16 @@ def test_checkpoint_of_a_file_rewritten_while_down_reads_it_whole(tmp_path: Path
     with open(f, "w") as fh:  # same inode, new content, longer than the old offset
         fh.write("".join(json.dumps({"i": i, "pad": "y" * 20}) + "\n" for i in range(3, 6)))
     assert drain(jsonl_source(f, state)) == [3, 4, 5]
+
+
+def test_a_line_over_the_cap_is_skipped_whole_and_reported(tmp_path: Path) -> None:
+    f = tmp_path / "m.jsonl"
+    append(f, {"i": 1}, {"i": 2, "pad": "x" * 500}, {"i": 3})
+    source = jsonl_source(f, extra=", max_bytes: 100")
+    errors: list[str] = []
+    records: list[Any] = []
+    while (snapshot := source.poll()) is not None:
+        errors += snapshot.errors
+        records += [r["i"] for r in snapshot.records]
+    assert records == [1, 3]
+    assert errors == ["a line after byte 0 is 519 bytes, over the cap; skipped"]

@@ -154,7 +154,7 @@ def _hashable(value: Any) -> Any:
 
 
 #: How much of a JSON Lines backlog one poll reads; the rest comes on the next poll.
-JSONL_CHUNK_BYTES = 4 * 1024 * 1024
+JSONL_CHUNK_BYTES = 1024 * 1024
 #: How many first bytes of a JSON Lines file identify its content (see JsonlSource._head).
 _HEAD_BYTES = 128
 
@@ -172,6 +172,7 @@ class JsonlSource:
         """The file's first bytes as last read: a rewrite from the start changes them even
         when the file grew back past our offset before we looked (copytruncate + appends)."""
         self._opened_before = False
+        self._skipping = False
         self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
         self._resume: tuple[int, int, bytes] | None = self._load_checkpoint()
 
@@ -224,7 +225,7 @@ class JsonlSource:
             self._open(st)
         elif st.st_size < self._offset or not self._head_unchanged():
             # Truncated in place (copytruncate): the new content starts at 0.
-            self._offset, self._head = 0, b""
+            self._offset, self._head, self._skipping = 0, b"", False
         return self._read_lines()
 
     def _head_unchanged(self) -> bool:
@@ -236,7 +237,7 @@ class JsonlSource:
         except OSError as exc:
             raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
         self._inode = os.fstat(self._fh.fileno()).st_ino
-        self._offset, self._head = 0, b""
+        self._offset, self._head, self._skipping = 0, b"", False
         if self._resume is not None:
             inode, offset, head = self._resume
             self._resume = None
@@ -261,57 +262,55 @@ class JsonlSource:
 
     def _read_lines(self) -> Snapshot | None:
         fh = self._fh
+        cap = self._spec.max_bytes
+        errors: list[str] = []
         fh.seek(self._offset)
         data = fh.read(JSONL_CHUNK_BYTES)
+        if self._skipping:  # inside a line longer than the cap: drop it up to its end
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._offset += len(data)
+                return self._snapshot([], errors, more=len(data) == JSONL_CHUNK_BYTES)
+            self._skipping = False
+            self._offset += newline + 1
+            data = data[newline + 1 :]
         if not data:
             return None
         cut = data.rfind(b"\n")
-        errors: list[str] = []
+        if cut < 0 and len(data) == JSONL_CHUNK_BYTES and cap > JSONL_CHUNK_BYTES:
+            data += fh.read(cap + 1 - len(data))  # one long line: look for its end
+            cut = data.rfind(b"\n")
         if cut < 0:
-            if len(data) < self._spec.max_bytes and len(data) < JSONL_CHUNK_BYTES:
+            if len(data) <= cap:
                 return None  # a partial last line: wait for its newline
-            # One line longer than the cap: skip it to its end.
-            limit = min(self._spec.max_bytes, JSONL_CHUNK_BYTES)
-            errors.append(f"line at byte {self._offset} is longer than {limit} bytes; skipped")
+            errors.append(f"line at byte {self._offset} is longer than {cap} bytes; skipped")
             self._offset += len(data)
-            return Snapshot(
-                self.path,
-                [],
-                None,
-                replaces=False,
-                read_at=time.time(),
-                errors=tuple(errors),
-                more=True,
-            )
+            self._skipping = True
+            return self._snapshot([], errors, more=True)
         start = self._offset
         self._offset += cut + 1
         if len(self._head) < _HEAD_BYTES and self._offset > len(self._head):
             self._head = os.pread(fh.fileno(), min(_HEAD_BYTES, self._offset), 0)
         records = []
-        for number, line in enumerate(data[: cut + 1].split(b"\n")[:-1]):
+        for number, line in enumerate(data[: cut + 1].split(b"\n")[:-1], start=1):
             if not line.strip():
                 continue
-            if len(line) > self._spec.max_bytes:
+            if len(line) > cap:
                 errors.append(
-                    f"a line near byte {start} is {len(line)} bytes, over the cap; skipped"
+                    f"a line after byte {start} is {len(line)} bytes, over the cap; skipped"
                 )
                 continue
             try:
                 records.append(parse_json(line))
             except ValueError as exc:
-                errors.append(
-                    f"a line near byte {start} (line {number + 1} of this read) "
-                    f"is not JSON ({exc}); skipped"
-                )
+                errors.append(f"line {number} after byte {start} is not JSON ({exc}); skipped")
+        return self._snapshot(records, errors, more=len(data) >= JSONL_CHUNK_BYTES)
+
+    def _snapshot(self, records: list[Any], errors: list[str], *, more: bool) -> Snapshot:
         return Snapshot(
-            self.path,
-            records,
-            None,
-            replaces=False,
-            read_at=time.time(),
-            errors=tuple(errors),
-            more=len(data) == JSONL_CHUNK_BYTES,
-        )
+            self.path, records, None, replaces=False, read_at=time.time(),
+            errors=tuple(errors), more=more,
+        )  # fmt: skip
 
     def _load_checkpoint(self) -> tuple[int, int, bytes] | None:
         if self._checkpoint is None:
