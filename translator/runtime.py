@@ -231,8 +231,8 @@ class Bridge:
         self.stats.read_errors[(path, kind)] += 1
         level = logging.INFO if kind == "missing" else logging.WARNING
         # A new kind of problem is logged at once; the same one (sizes aside) once a minute.
-        kind = re.sub(r"\d+", "#", exc.reason)
-        self._throttle.log(level, ("read", path, kind), "%s", str(exc), extra={"source": path})
+        problem = re.sub(r"\d+", "#", exc.reason)
+        self._throttle.log(level, ("read", path, problem), "%s", str(exc), extra={"source": path})
 
     def _apply(self, job: _Job, tracked: _Tracked, snapshot: Snapshot) -> None:
         assert self._registry is not None
