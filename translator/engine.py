@@ -190,6 +190,8 @@ def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
         value = value * spec.scale
     if spec.offset is not None:
         value = value + spec.offset
+    if type(value) is int and not -_INT64_MAX <= value <= _INT64_MAX:
+        value = float(value)  # OTLP carries int64; past it, a double (never an overflow)
     if type(value) is float and not math.isfinite(value) and not spec.keep_non_finite:
         return DropReason.NON_FINITE
     return value
@@ -217,6 +219,10 @@ def _attributes(
                     attribute,
                     f"is {len(raw)} characters long (limit {MAX_ATTRIBUTE_CHARS})",
                 )
+            if not raw.isascii() and not utf8_encodable(raw):
+                return _bad(
+                    DropReason.BAD_ATTRIBUTE, attribute, "is not valid Unicode (a lone surrogate)"
+                )
         elif kind is int:
             if not -_INT64_MAX <= raw <= _INT64_MAX:
                 raw = str(raw) if len(str(raw)) <= 64 else None
@@ -241,6 +247,15 @@ class _Refused:
 def _bad(reason: DropReason, attribute: Attribute, what: str) -> _Refused:
     path = attribute.path.text if attribute.path is not None else ""
     return _Refused(reason, f"attribute {attribute.key!r}: {path} {what}")
+
+
+def utf8_encodable(text: str) -> bool:
+    """OTLP strings are UTF-8; JSON's "\\ud800" escape makes a str that UTF-8 cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _holds(condition: Condition, record: Any) -> bool:

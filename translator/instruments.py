@@ -193,7 +193,7 @@ class InstrumentRegistry:
                 if instrument.retired:
                     return []
                 return [
-                    Observation(series.base + series.value, series.attributes)
+                    Observation(_exportable(series.base + series.value), series.attributes)
                     for by_attrs in instrument.by_source.values()
                     for series in by_attrs.values()
                 ]
@@ -337,6 +337,17 @@ def _update(spec: InstrumentSpec, series: _Series, value: float | int) -> None:
         series.value = value
     else:
         series.value = value
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _exportable(value: float | int) -> float | int:
+    """OTLP carries int64: a sum that grew past it goes out as a double, never an error
+    that would fail the whole export."""
+    if type(value) is int and not -_INT64_MAX <= value <= _INT64_MAX:
+        return float(value)
+    return value
 
 
 def _identity(spec: InstrumentSpec) -> tuple[Any, ...]:

@@ -56,7 +56,13 @@ class Throttled:
         self._seen: dict[Any, tuple[float, int]] = {}
 
     def log(
-        self, level: int, key: Any, message: str, *args: Any, extra: dict[str, Any] | None = None
+        self,
+        level: int,
+        key: Any,
+        message: str,
+        *args: Any,
+        extra: dict[str, Any] | None = None,
+        exc_info: bool = False,
     ) -> None:
         now = time.monotonic()
         last = self._seen.get(key)
@@ -68,7 +74,9 @@ class Throttled:
             message += " (%d more like this in the last %.0f s)"
             args = (*args, repeats, now - last[0])  # type: ignore[index]
         self._seen[key] = (now, 0)
-        self._logger.log(level, message, *args, extra={**(extra or {}), "repeats": repeats})
+        self._logger.log(
+            level, message, *args, extra={**(extra or {}), "repeats": repeats}, exc_info=exc_info
+        )
 
     def clear(self, *prefix: Any) -> bool:
         """Forget every key starting with ``prefix`` (the problem went away).

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from translator.engine import Evaluation, evaluate_into
+from translator.engine import MAX_ATTRIBUTE_CHARS, Evaluation, evaluate_into, utf8_encodable
 from translator.errors import ConfigError, DocumentInvalid, SourceError
 from translator.export import Pipeline, build_resource
 from translator.health import HealthServer
@@ -167,6 +167,10 @@ class Bridge:
                     retry_soon |= isinstance(exc, DocumentInvalid)
                     self._read_failed(path, exc)
                     snapshot = None
+                except Exception:  # a bug of ours must not stop the other sources
+                    all_read = False
+                    self._internal_error(path)
+                    snapshot = None
                 else:
                     if self._throttle.clear("read", path):
                         _log.info("%s: reading again", path, extra={"source": path})
@@ -176,7 +180,10 @@ class Bridge:
                     if snapshot.records:
                         if self._registry is None:
                             self._start_pipeline(snapshot.root)
-                        self._apply(job, tracked, snapshot)
+                        try:
+                            self._apply(job, tracked, snapshot)
+                        except Exception:  # as above: log, count, keep the sidecar running
+                            self._internal_error(path)
                         tracked.newest_at, tracked.stale = now, False
                         self._export_wanted.set()
                     self._bad_records(path, snapshot)
@@ -233,6 +240,14 @@ class Bridge:
         # A new kind of problem is logged at once; the same one (sizes aside) once a minute.
         problem = re.sub(r"\d+", "#", exc.reason)
         self._throttle.log(level, ("read", path, problem), "%s", str(exc), extra={"source": path})
+
+    def _internal_error(self, path: str) -> None:
+        self.stats.read_errors[(path, "internal")] += 1
+        self._throttle.log(
+            logging.ERROR, ("internal", path),
+            "%s: unexpected error while reading or applying it (a bug: please report it)",
+            path, extra={"source": path}, exc_info=True,
+        )  # fmt: skip
 
     def _apply(self, job: _Job, tracked: _Tracked, snapshot: Snapshot) -> None:
         assert self._registry is not None
@@ -356,7 +371,7 @@ class Bridge:
                     attributes[attribute.key] = attribute.constant
                 else:
                     value = attribute.path.first(document) if document is not None else MISSING
-                    if value is MISSING or isinstance(value, dict | list) or value is None:
+                    if not _usable_resource_value(value):
                         value = attribute.default
                     if value is not None:
                         attributes[attribute.key] = value
@@ -401,6 +416,12 @@ class Bridge:
         if once:
             return 0 if delivered and clean else 1
         return 0
+
+
+def _usable_resource_value(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_ATTRIBUTE_CHARS and (value.isascii() or utf8_encodable(value))
+    return type(value) in (int, float, bool)
 
 
 class _MappingWatch:

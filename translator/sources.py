@@ -70,7 +70,9 @@ def parse_json(data: bytes | str) -> Any:
         if "depth limit" in str(exc):  # orjson stops at 1024 levels; so do we
             raise ValueError("nested more than 1024 levels deep") from None
     try:
-        return json.loads(data)
+        # Decoded strictly: json.loads(bytes) would let UTF-8-encoded surrogates through.
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except UnicodeDecodeError as exc:
@@ -131,26 +133,43 @@ class DocumentSource:
         if self._spec.records is None:
             return Snapshot(self.path, [document], document, replaces=True, read_at=time.time())
         fresh = []
-        for record in self._spec.records.all(document):
-            key = self._record_key(record)
+        errors = []
+        for number, record in enumerate(self._spec.records.all(document)):
+            try:
+                key = self._record_key(record)
+            except ValueError as exc:
+                errors.append(f"history record {number} has no usable key ({exc}); skipped")
+                continue
             if key not in self._applied:
                 self._applied.add(key)
                 fresh.append(record)
-        if not fresh:
+        if not fresh and not errors:
             return None
-        return Snapshot(self.path, fresh, document, replaces=False, read_at=time.time())
+        return Snapshot(
+            self.path, fresh, document, replaces=False, read_at=time.time(), errors=tuple(errors)
+        )
 
     def _record_key(self, record: Any) -> Any:
         if not self._spec.record_key:
-            # No key given: the record's content is its identity.
-            return orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+            return _canonical(record)  # no key given: the record's content is its identity
         return tuple(_hashable(p.first(record)) for p in self._spec.record_key)
 
 
 def _hashable(value: Any) -> Any:
-    if isinstance(value, dict | list):
+    return _canonical(value) if isinstance(value, dict | list) else value
+
+
+def _canonical(value: Any) -> bytes:
+    """Stable bytes for a JSON value. orjson refuses integers past 64 bits and nesting past
+    255 levels, which the standard parser lets through; the standard encoder takes those."""
+    try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return value
+    except TypeError:
+        pass
+    try:
+        return json.dumps(value, sort_keys=True, default=str).encode()
+    except (RecursionError, TypeError, ValueError):
+        raise ValueError("the record cannot be encoded: nested too deeply?") from None
 
 
 #: How much of a JSON Lines backlog one poll reads; the rest comes on the next poll.

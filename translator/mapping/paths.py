@@ -180,10 +180,12 @@ def _selecting_nodes() -> tuple[type, ...]:
     from jsonpath_ng import jsonpath as jp
     from jsonpath_ng.ext import filter as jp_filter
 
-    return (
+    nodes = (
         jp.Root, jp.This, jp.Fields, jp.Index, jp.Slice, jp.Child, jp.Descendants, jp.Where,
         jp_filter.Filter, jp_filter.Expression,
     )  # fmt: skip
+    wildcard = getattr(jp, "Wildcard", None)  # jsonpath-ng 1.16 parses `*` into its own node
+    return (*nodes, wildcard) if wildcard is not None else nodes
 
 
 def _check_selecting(node: Any, text: str, allowed: tuple[type, ...]) -> None:
@@ -194,6 +196,11 @@ def _check_selecting(node: Any, text: str, allowed: tuple[type, ...]) -> None:
         raise PathSyntaxError(
             f"{text!r} uses {type(node).__name__}, which computes rather than selects; "
             "only selection (fields, indexes, slices, wildcards, filters) is allowed"
+        )
+    if getattr(node, "op", None) == "=~":
+        raise PathSyntaxError(
+            f"{text!r} uses a regular expression (=~); a pattern run on every record can "
+            "take exponential time, so filters may only compare (==, !=, <, <=, >, >=)"
         )
     for attr in ("left", "right", "expressions", "expression", "target"):
         child = getattr(node, attr, None)

@@ -1,0 +1,701 @@
+"""Fault suite: the bridge as a real process while its collector and its files misbehave.
+
+Collector absent at start, stopped mid-run and restarted, answering slowly; the document
+torn by a writer rewriting it in place, deleted, replaced by a directory, grown past the
+cap, made unreadable; JSON Lines truncated, rotated and resumed from a checkpoint. Each
+test waits on a condition with a timeout (a log line, a received point, an exit), never on
+a sleep. The long variants (``--long``) stretch the outages and the writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.otlp_receiver import OtlpReceiver, Point
+from support.process import BridgeProcess, bridge_command, free_port
+from support.rotel import RotelCollector
+
+pytestmark = pytest.mark.integration
+
+Spawn = Callable[..., BridgeProcess]
+
+JOB_METADATA = {"job_id": "job-7", "model_name": "resnet-50", "dataset": "imagenet"}
+JOB = {"job.id": "job-7", "model.name": "resnet-50", "dataset": "imagenet"}
+
+#: How long the bridge may take to exit after SIGTERM (Kubernetes gives 30 s by default).
+GRACE_S = 12.0
+#: VmRSS growth allowed while the collector is down and documents keep changing.
+RSS_GROWTH_LIMIT_KIB = 4 * 1024
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def brief_doc(
+    step: int, *, loss: float | None = None, processing_ms: float = 100.0
+) -> dict[str, Any]:
+    """The brief's document at `step`: a new timestamp (version) and running totals."""
+    return {
+        "timestamp": f"2024-10-22T10:30:00.{step:06d}Z",
+        "job_metadata": JOB_METADATA,
+        "training_metrics": {
+            "epoch": 1 + step // 100,
+            "batch_number": step,
+            "training_loss": step / 1000 if loss is None else loss,
+            "validation_loss": 0.4,
+            "accuracy": 0.8,
+            "learning_rate": 0.001,
+            "gpu_utilization": 0.9,
+            "processing_time_ms": processing_ms,
+            "samples_per_second": 150.0,
+        },
+    }
+
+
+def rewrite_in_place(path: Path, document: Any) -> None:
+    """What a training job does: open with "w" (truncate), write, close; no rename."""
+    with open(path, "w") as fh:
+        fh.write(json.dumps(document))
+
+
+def bridge_env(
+    endpoint: OtlpReceiver | str, metrics: Path, protocol: str = "grpc", **extra: str
+) -> dict[str, str]:
+    if isinstance(endpoint, OtlpReceiver):
+        protocol = endpoint.protocol
+        endpoint = endpoint.address if protocol == "grpc" else endpoint.endpoint
+    env = {
+        "METRICS_FILE_PATH": str(metrics),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if protocol == "grpc" else "http/protobuf",
+        "COLLECTION_INTERVAL": "0.2",
+        # Short SDK timeouts so that an export to a dead collector fails within 0.5 s.
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "500",
+    }
+    env.update(extra)
+    return env
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` (VmRSS in /proc/PID/status), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+    assert match is not None, status
+    return int(match.group(1))
+
+
+def log_lines(process: BridgeProcess, pattern: str) -> list[str]:
+    return [line for line in process.stderr.splitlines() if re.search(pattern, line)]
+
+
+def assert_no_traceback(process: BridgeProcess) -> None:
+    assert "Traceback" not in process.stderr, process.describe()
+
+
+def number_is(expected: float) -> Callable[[Point], bool]:
+    return lambda point: point.number == expected
+
+
+def from_run(points: list[Point], **resource: str) -> list[Point]:
+    """The points sent by the process whose resource has `resource` attributes."""
+    return [
+        p for p in points if all(p.resource_attributes.get(k) == v for k, v in resource.items())
+    ]
+
+
+@pytest.fixture
+def absent_receiver(request: pytest.FixtureRequest) -> Iterator[OtlpReceiver]:
+    """An OTLP receiver (gRPC, or the parametrized protocol) whose port nothing listens on
+    until the test calls `start()`."""
+    receiver = OtlpReceiver(getattr(request, "param", "grpc"), free_port())
+    yield receiver
+    receiver.stop()
+
+
+# --- the collector ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("absent_receiver", ["grpc", "http"], indirect=True)
+def test_a_collector_absent_at_start_receives_data_once_it_is_up_without_a_restart(
+    tmp_path: Path, absent_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(150, loss=0.342))
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(absent_receiver, metrics))
+    bridge.wait_for_log(
+        r"export to \S+ \(OTLP/\w+\) failed: .*logged once per outage", stream="stderr"
+    )
+
+    absent_receiver.start()
+    loss = absent_receiver.wait_for_point("ml.training.loss", **JOB)
+    assert loss.number == 0.342
+    batches = absent_receiver.wait_for_point("ml.training.batch_number", **JOB)
+    assert (batches.number, batches.monotonic) == (150, True)
+    bridge.wait_for_log(r"export to .* recovered after \d+ failed attempts", stream="stderr")
+    assert bridge.running, "the same process, never restarted"
+    assert len(log_lines(bridge, r"export to .* failed:")) == 1
+    assert_no_traceback(bridge)
+
+
+def _outage(
+    tmp_path: Path,
+    spawn: Spawn,
+    collector: OtlpReceiver | RotelCollector,
+    receiver: OtlpReceiver,
+    outage_s: float,
+) -> None:
+    """Stop `collector` for `outage_s` while new versions keep coming, then bring it back;
+    `receiver` is where the data ends up (the collector itself, or behind rotel).
+
+    A second exporter (console, on the bridge's stdout) shows every version being applied
+    while OTLP cannot deliver, so the test knows exactly how many versions were applied
+    without waiting blindly.
+    """
+    metrics = tmp_path / "current.json"
+    step, processing = 10, [100.0]
+    rewrite_in_place(metrics, brief_doc(step, processing_ms=processing[-1]))
+    endpoint = collector if isinstance(collector, OtlpReceiver) else collector.grpc_address
+    env = bridge_env(endpoint, metrics, OTEL_METRICS_EXPORTER="otlp,console")
+    bridge = spawn(bridge_command("run"), env=env)
+    first = receiver.wait_for_point("ml.training.batch_number", where=lambda p: p.number == step)
+    first_hist = receiver.wait_for_point("ml.training.processing_time")
+    assert first_hist.histogram.count == 1
+
+    collector.stop()
+    seen_before_outage = receiver.request_count
+    bridge.wait_for_log(
+        r"export to \S+ \(OTLP/gRPC\) failed: .*logged once per outage", stream="stderr"
+    )
+    rss_start: int | None = None
+    ends_at = time.monotonic() + outage_s
+    while time.monotonic() < ends_at or len(processing) < 6:
+        step += 7
+        processing.append(50.0 + len(processing) % 17 * 10)
+        mark = bridge.mark()
+        rewrite_in_place(metrics, brief_doc(step, processing_ms=processing[-1]))
+        # The console exporter prints the new running total once the version is applied.
+        bridge.wait_for_log(
+            rf"^  ml\.training\.batch_number\{{[^}}]*\}} {step} ", start=mark, stream="output"
+        )
+        if rss_start is None and len(processing) == 4:
+            rss_start = rss_kib(bridge.pid)  # after a few failed exports: imports are warm
+    assert rss_start is not None
+    growth = rss_kib(bridge.pid) - rss_start
+    assert growth < RSS_GROWTH_LIMIT_KIB, (
+        f"VmRSS grew by {growth} KiB over a {outage_s:g} s outage ({len(processing)} versions)"
+    )
+    assert receiver.request_count == seen_before_outage, "nothing can arrive while it is down"
+
+    collector.start()
+    batches = receiver.wait_for_point(
+        "ml.training.batch_number", where=lambda p: p.number == step, timeout_s=15, **JOB
+    )
+    hist = receiver.wait_for_point(
+        "ml.training.processing_time",
+        where=lambda p: p.request_index >= batches.request_index,
+        **JOB,
+    )
+    # Every version applied exactly once, none lost while the collector was away.
+    assert hist.histogram.count == len(processing)
+    assert hist.histogram.sum == pytest.approx(sum(processing))
+    # The cumulative series went on: same start time, so no reset is seen downstream.
+    assert batches.start_time_unix_nano == first.start_time_unix_nano
+    assert hist.start_time_unix_nano == first_hist.start_time_unix_nano
+    assert (batches.temporality, hist.temporality) == ("cumulative", "cumulative")
+
+    recovered = bridge.wait_for_log(
+        r"export to \S+ \(OTLP/gRPC\) recovered after (\d+) failed attempts", stream="stderr"
+    )
+    failed_attempts = int(recovered.group(1))
+    assert failed_attempts >= 1
+    assert len(log_lines(bridge, r"export to .* failed:")) == 1, "the outage is logged once"
+    assert len(log_lines(bridge, r"export to .* recovered after")) == 1
+    # The bridge's own failure counter, in the first export after recovery, agrees.
+    failures = receiver.wait_for_point("ml_metrics_bridge.export.failures")
+    assert failures.number == failed_attempts
+    assert bridge.running
+    assert_no_traceback(bridge)
+
+
+def test_collector_outage_keeps_totals_histograms_and_start_times_and_logs_it_once(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    _outage(tmp_path, spawn_bridge, grpc_receiver, grpc_receiver, outage_s=2.5)
+
+
+def test_a_restarted_real_collector_passes_on_correct_totals_and_histograms(
+    tmp_path: Path,
+    rotel_collector: RotelCollector,
+    grpc_receiver: OtlpReceiver,
+    spawn_bridge: Spawn,
+) -> None:
+    _outage(tmp_path, spawn_bridge, rotel_collector, grpc_receiver, outage_s=1.0)
+
+
+@pytest.mark.long
+def test_long_collector_outage_with_bounded_memory(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    _outage(tmp_path, spawn_bridge, grpc_receiver, grpc_receiver, outage_s=90)
+
+
+# --- SIGTERM --------------------------------------------------------------------------------
+
+
+def test_sigterm_during_a_hung_export_exits_0_within_the_grace_period(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    # The SDK's default 10 s export timeout: a hung collector holds an export that long.
+    env = bridge_env(grpc_receiver, metrics, OTEL_EXPORTER_OTLP_TIMEOUT="10000")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("ml.training.batch_number", where=lambda p: p.number == 1)
+    grpc_receiver.delay_responses(60)
+    seen = grpc_receiver.request_count
+    rewrite_in_place(metrics, brief_doc(2))
+    # The receiver records a request on arrival; its answer is what hangs.
+    grpc_receiver.wait_for(lambda: grpc_receiver.request_count > seen, what="an export in flight")
+
+    bridge.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert time.monotonic() - started < GRACE_S
+    bridge.wait_for_log(r"received SIGTERM: stopping", stream="stderr")
+    assert_no_traceback(bridge)
+
+
+def test_sigterm_during_a_collector_outage_exits_0_within_the_grace_period(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    # The SDK's default 10 s export timeout: it retries the dead port for that long. The
+    # console exporter goes first, so its output shows the OTLP export is under way.
+    env = bridge_env(
+        grpc_receiver,
+        metrics,
+        OTEL_EXPORTER_OTLP_TIMEOUT="10000",
+        OTEL_METRICS_EXPORTER="console,otlp",
+    )
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("ml.training.loss")
+    grpc_receiver.stop()
+    mark = bridge.mark()
+    # A collection printed by the console exporter: the OTLP export follows it at once,
+    # into the dead port, retrying with back-off until its 10 s deadline.
+    bridge.wait_for_log(r"^--- export at ", start=mark, stream="output")
+
+    bridge.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert time.monotonic() - started < GRACE_S
+    assert_no_traceback(bridge)
+
+
+def test_sigterm_right_after_a_new_version_exports_that_version_last(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The trainer writes its final document and exits; Kubernetes then stops the sidecar.
+
+    Whatever was complete on disk when SIGTERM arrived must be in the final export.
+    """
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1, loss=0.5))
+    # A long interval: no heartbeat export can deliver the new version by chance.
+    env = bridge_env(grpc_receiver, metrics, COLLECTION_INTERVAL="60")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.5)
+
+    rewrite_in_place(metrics, brief_doc(2, loss=0.25))
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    final = grpc_receiver.requests[-1]
+    losses = [p.number for p in final.points if p.name == "ml.training.loss"]
+    batches = [p.number for p in final.points if p.name == "ml.training.batch_number"]
+    assert (losses, batches) == ([0.25], [2]), (
+        "the final export must carry the version on disk at SIGTERM\n" + grpc_receiver.describe()
+    )
+
+
+# --- the document ---------------------------------------------------------------------------
+
+_TEARING_WRITER = r"""
+import json, sys, time
+path, duration_s = sys.argv[1], float(sys.argv[2])
+meta = {"job_id": "job-7", "model_name": "resnet-50", "dataset": "imagenet"}
+padding = list(range(3000))  # ~15 KB: written in several chunks, so a reader can see half
+step, ends = 0, time.monotonic() + duration_s
+while time.monotonic() < ends:
+    step += 1
+    text = json.dumps({"timestamp": str(step), "job_metadata": meta,
+                       "training_metrics": {"training_loss": step / 1000, "batch_number": step,
+                                            "padding": padding}})
+    with open(path, "w") as fh:  # in place: truncate, then write in 4 KiB pieces
+        for i in range(0, len(text), 4096):
+            fh.write(text[i:i + 4096])
+            fh.flush()
+print(f"wrote {step} versions", flush=True)
+"""
+
+
+def _torn_reads(tmp_path: Path, receiver: OtlpReceiver, spawn: Spawn, duration_s: float) -> None:
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(0, loss=0.0))
+    bridge = spawn(bridge_command("run"), env=bridge_env(receiver, metrics))
+    receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.0)
+
+    writer = spawn(
+        [sys.executable, "-c", _TEARING_WRITER, str(metrics), str(duration_s)], name="writer"
+    )
+    # Half-written documents are retried, not applied: the log says so and the loop goes on.
+    bridge.wait_for_log(
+        r"current\.json: is (not valid JSON|empty).*will read it again",
+        stream="stderr",
+        timeout_s=duration_s + 10,
+    )
+    assert writer.wait(timeout_s=duration_s + 20) == 0
+    written = int(writer.wait_for_log(r"wrote (\d+) versions", stream="stdout").group(1))
+
+    # After the writer: one more version, so the last export is known to follow every read.
+    rewrite_in_place(metrics, brief_doc(written + 1, loss=(written + 1) / 1000))
+    receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == (written + 1) / 1000)
+    assert bridge.running
+    assert_no_traceback(bridge)
+
+    allowed = {0.0} | {step / 1000 for step in range(1, written + 2)}
+    exported = [p.number for p in receiver.points("ml.training.loss")]
+    torn = sorted(set(exported) - allowed)
+    assert not torn, f"values that were never written (torn reads): {torn[:10]}"
+    assert exported == sorted(exported), "an older version was exported after a newer one"
+    distinct = len(set(exported))
+    assert distinct >= 3, f"only {distinct} versions read while {written} were written"
+
+
+def test_a_document_rewritten_in_place_as_fast_as_possible_is_never_read_torn(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    _torn_reads(tmp_path, grpc_receiver, spawn_bridge, duration_s=2.0)
+
+
+@pytest.mark.long
+def test_long_racing_writer_is_never_read_torn(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    _torn_reads(tmp_path, grpc_receiver, spawn_bridge, duration_s=60.0)
+
+
+_CAP_BYTES = 2048
+
+
+def _file_bridge(
+    tmp_path: Path, receiver: OtlpReceiver, spawn: Spawn, argv_prefix: tuple[str, ...] = ()
+) -> tuple[Path, BridgeProcess]:
+    """A bridge reading `value` from one small document, with a 2 KiB size cap."""
+    metrics = tmp_path / "data" / "current.json"
+    metrics.parent.mkdir()
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{metrics}', max_bytes: {_CAP_BYTES}}}\n"
+        "metrics:\n  - {name: test.value, type: gauge, path: $.value}\n"
+    )
+    metrics.write_text(json.dumps({"value": 1}))
+    env = bridge_env(receiver, metrics, MAPPING_PATH=str(mapping))
+    bridge = spawn([*argv_prefix, *bridge_command("run")], env=env)
+    receiver.wait_for_point("test.value", where=lambda p: p.number == 1)
+    return metrics, bridge
+
+
+def _oversized(value: int) -> str:
+    return json.dumps({"value": value, "padding": "x" * (_CAP_BYTES * 2)})
+
+
+def test_each_file_fault_is_logged_with_path_and_reason_and_the_restored_file_is_read(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics, bridge = _file_bridge(tmp_path, grpc_receiver, spawn_bridge)
+    path = re.escape(str(metrics))
+
+    def replace_by_a_directory() -> None:
+        metrics.unlink()
+        metrics.mkdir()
+
+    def grow_past_the_cap() -> None:
+        metrics.write_text(_oversized(999))
+
+    def nothing() -> None:
+        pass
+
+    faults: list[tuple[str, Callable[[], None], Callable[[], None]]] = [
+        ("does not exist \\(yet\\)", metrics.unlink, nothing),
+        ("is not a regular file \\(a directory\\?\\)", replace_by_a_directory, metrics.rmdir),
+        (
+            f"is \\d+ bytes, over the {_CAP_BYTES}-byte cap \\(source\\.max_bytes\\)",
+            grow_past_the_cap,
+            nothing,
+        ),
+    ]
+    for value, (message, break_it, clean_up) in enumerate(faults, start=2):
+        mark = bridge.mark()
+        break_it()
+        bridge.wait_for_log(rf"{path}: {message}", start=mark, stream="output")
+        clean_up()
+        metrics.write_text(json.dumps({"value": value}))
+        grpc_receiver.wait_for_point("test.value", where=number_is(value))
+        bridge.wait_for_log(rf"{path}: reading again", start=mark, stream="output")
+    assert 999 not in [p.number for p in grpc_receiver.points("test.value")]
+    assert bridge.running
+    assert_no_traceback(bridge)
+
+
+def test_a_new_kind_of_file_fault_is_logged_even_while_the_previous_one_lasts(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """Missing, then a directory, then too big, with no good read in between: each problem
+    is a different message and must be logged, not swallowed as a repeat of the first."""
+    metrics, bridge = _file_bridge(tmp_path, grpc_receiver, spawn_bridge)
+    path = re.escape(str(metrics))
+    metrics.unlink()
+    bridge.wait_for_log(rf"{path}: does not exist", stream="stderr")
+    metrics.mkdir()
+    bridge.wait_for_log(rf"{path}: is not a regular file", stream="stderr", timeout_s=5)
+    metrics.rmdir()
+    metrics.write_text(_oversized(999))
+    bridge.wait_for_log(
+        rf"{path}: is \d+ bytes, over the {_CAP_BYTES}-byte cap", stream="stderr", timeout_s=5
+    )
+    metrics.write_text(json.dumps({"value": 5}))
+    grpc_receiver.wait_for_point("test.value", where=lambda p: p.number == 5)
+    assert bridge.running
+
+
+def _without_file_permission_bypass() -> tuple[str, ...] | None:
+    """A command prefix under which chmod 000 really stops reads, or None if there is none.
+
+    As root, permission bits do not apply (CAP_DAC_OVERRIDE). Switching to `nobody` is not
+    possible here: the interpreter lives under /root (mode 0700). Dropping the two
+    capabilities that bypass file permissions from the bounding and inheritable sets keeps
+    uid 0 (so every root-owned file stays reachable through its owner bits) but makes a
+    mode-000 file unreadable, exactly as for an unprivileged sidecar.
+    """
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    prefix = (
+        setpriv,
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-dac_override,-dac_read_search",
+    )
+    probe = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-c",
+            "import os, sys, tempfile\n"
+            "fd, name = tempfile.mkstemp(); os.close(fd); os.chmod(name, 0)\n"
+            "try:\n    open(name).close()\nexcept PermissionError:\n    sys.exit(0)\n"
+            "finally:\n    os.unlink(name)\nsys.exit(3)\n",
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return prefix if probe.returncode == 0 else None
+
+
+def test_an_unreadable_file_is_logged_and_read_again_once_readable(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    prefix = _without_file_permission_bypass()
+    if prefix is None:
+        pytest.skip(
+            "running as root without setpriv or CAP_SETPCAP: chmod 000 cannot "
+            "stop a root process from reading"
+        )
+    metrics, bridge = _file_bridge(tmp_path, grpc_receiver, spawn_bridge, prefix)
+    metrics.write_text(json.dumps({"value": 2}))
+    grpc_receiver.wait_for_point("test.value", where=lambda p: p.number == 2)
+    mark = bridge.mark()
+    metrics.write_text(json.dumps({"value": 998}))
+    metrics.chmod(0)
+    bridge.wait_for_log(
+        rf"{re.escape(str(metrics))}: cannot be read: Permission denied",
+        start=mark,
+        stream="stderr",
+    )
+    metrics.chmod(0o644)
+    metrics.write_text(json.dumps({"value": 3}))
+    grpc_receiver.wait_for_point("test.value", where=lambda p: p.number == 3)
+    # 998 was on disk only while unreadable: had it been exported, the test ran privileged.
+    assert 998 not in [p.number for p in grpc_receiver.points("test.value")]
+    assert bridge.running
+    assert_no_traceback(bridge)
+
+
+# --- JSON Lines -----------------------------------------------------------------------------
+
+_JSONL_WRITER = r"""
+import json, os, sys, time
+path, first, count, rotate_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+pause_every = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+fh = open(path, "a")
+for seq in range(first, first + count):
+    if seq == rotate_at:  # logrotate's default: rename, then the writer opens a new file
+        fh.close()
+        os.rename(path, path + ".1")
+        fh = open(path, "a")
+    line = json.dumps({"one": 1, "seq": seq, "note": "x" * (seq % 23)}) + "\n"
+    fh.write(line[:9])  # a line arrives in two writes: the reader must wait for its end
+    fh.flush()
+    fh.write(line[9:])
+    fh.flush()
+    if pause_every and seq % pause_every == 0:
+        time.sleep(0.005)  # pacing, so that the reader runs while lines keep coming
+fh.close()
+print(f"appended {count}", flush=True)
+"""
+
+_JSONL_MAPPING = """\
+version: 1
+source: {{path: '{path}', format: jsonl}}
+metrics:
+  - name: test.records
+    type: counter
+    mode: increment
+    path: $.one
+"""
+
+
+def _jsonl_bridge(
+    tmp_path: Path, receiver: OtlpReceiver, spawn: Spawn, **extra: str
+) -> tuple[Path, BridgeProcess]:
+    log = tmp_path / "metrics.jsonl"
+    log.touch()
+    mapping = tmp_path / "jsonl.yaml"
+    mapping.write_text(_JSONL_MAPPING.format(path=log))
+    env = bridge_env(receiver, log, MAPPING_PATH=str(mapping), **extra)
+    return log, spawn(bridge_command("run"), env=env)
+
+
+def _append(
+    spawn: Spawn, log: Path, first: int, count: int, *, rotate_at: int = 0, pause_every: int = 0
+) -> BridgeProcess:
+    argv = [
+        sys.executable,
+        "-c",
+        _JSONL_WRITER,
+        str(log),
+        str(first),
+        str(count),
+        str(rotate_at),
+        str(pause_every),
+    ]
+    return spawn(argv, name=f"writer {first}..{first + count - 1}")
+
+
+def _records_total_is(receiver: OtlpReceiver, expected: int, **resource: str) -> Point:
+    def reached() -> Point | None:
+        points = from_run(receiver.points("test.records"), **resource)
+        if points and points[-1].number > expected:
+            raise AssertionError(
+                f"test.records = {points[-1].number} > {expected}: "
+                f"records applied twice\n{receiver.describe()}"
+            )
+        return points[-1] if points and points[-1].number == expected else None
+
+    return receiver.wait_for(reached, timeout_s=15, what=f"test.records == {expected}")
+
+
+def _stays(receiver: OtlpReceiver, expected: int, **resource: str) -> None:
+    """Two more exports later the total is still `expected` (nothing applied late)."""
+    seen = receiver.request_count
+    receiver.wait_for(lambda: receiver.request_count >= seen + 2, what="two more exports")
+    points = from_run(receiver.points("test.records"), **resource)
+    assert points[-1].number == expected
+
+
+def test_jsonl_rotation_while_a_writer_appends_loses_and_repeats_nothing(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    log, bridge = _jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge)
+    # The bridge has the first file open before the writer starts, so that rotation
+    # happens under a running reader (else it would simply never see the first file).
+    assert _append(spawn_bridge, log, 1, 1).wait(timeout_s=10) == 0
+    _records_total_is(grpc_receiver, 1)
+    writer = _append(spawn_bridge, log, 2, 1199, rotate_at=600, pause_every=40)
+    assert writer.wait(timeout_s=30) == 0
+    _records_total_is(grpc_receiver, 1200)
+    _stays(grpc_receiver, 1200)
+    assert (tmp_path / "metrics.jsonl.1").exists()
+    assert_no_traceback(bridge)
+
+
+def test_jsonl_copytruncate_loses_and_repeats_nothing(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    log, bridge = _jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge)
+    assert _append(spawn_bridge, log, 1, 600, pause_every=40).wait(timeout_s=30) == 0
+    # copytruncate loses lines written between the copy and the truncation, whoever reads
+    # the file; so the truncation comes once the bridge has them all, like a quiet writer.
+    _records_total_is(grpc_receiver, 600)
+    shutil.copyfile(log, tmp_path / "metrics.jsonl.1")
+    os.truncate(log, 0)
+    # Fewer bytes than before the truncation: the only sign of it is a smaller size.
+    assert _append(spawn_bridge, log, 601, 400, pause_every=40).wait(timeout_s=30) == 0
+    _records_total_is(grpc_receiver, 1000)
+    _stays(grpc_receiver, 1000)
+    assert_no_traceback(bridge)
+
+
+def test_jsonl_restart_mid_file_resumes_from_the_checkpoint(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    total = 2000
+    log, first = _jsonl_bridge(
+        tmp_path,
+        grpc_receiver,
+        spawn_bridge,
+        STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=1",
+    )
+    writer = _append(spawn_bridge, log, 1, total, pause_every=20)
+    grpc_receiver.wait_for_point("test.records", where=lambda p: p.number >= 200)
+
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=GRACE_S) == 0
+    applied_first = from_run(grpc_receiver.points("test.records"), **{"bridge.run": "1"})
+    checkpointed = int(applied_first[-1].number)
+    assert list(state.iterdir()), "a checkpoint was written"
+
+    mapping = tmp_path / "jsonl.yaml"
+    env = bridge_env(
+        grpc_receiver,
+        log,
+        MAPPING_PATH=str(mapping),
+        STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=2",
+    )
+    second = spawn_bridge(bridge_command("run"), env=env, name="bridge (restarted)")
+    assert writer.wait(timeout_s=30) == 0
+    assert checkpointed < total, "the restart must happen mid-file"
+    # The new process counts from 0 (a new start time): it must apply exactly the rest.
+    resumed = _records_total_is(grpc_receiver, total - checkpointed, **{"bridge.run": "2"})
+    assert resumed.start_time_unix_nano != applied_first[-1].start_time_unix_nano
+    _stays(grpc_receiver, total - checkpointed, **{"bridge.run": "2"})
+    assert_no_traceback(second)

@@ -1,0 +1,535 @@
+"""Hostile inputs: documents and mappings built to break a parser, a loader or the exporter.
+
+Each one must end in a clear error (the message is asserted) or a counted drop, and
+nothing else: no exception escaping the reading loop, no export made unsendable, no code
+run from a mapping, no file created. In-process, and through the CLI's ``run(argv,
+stdout, stderr)``. Time is bounded only in the sense that every call returns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from translator.cli import run
+from translator.engine import DropReason, evaluate
+from translator.errors import DocumentInvalid, MappingError, SourceError, SourceUnavailable
+from translator.instruments import InstrumentRegistry
+from translator.mapping import Plan, compile_mapping
+from translator.sources import DocumentSource, JsonlSource, parse_json
+
+
+def call(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run(list(argv), out, err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def plan_for(metrics: str, source: str = "") -> Plan:
+    return compile_mapping(f"version: 1\n{source}metrics:\n{metrics}", "m.yaml", environ={})
+
+
+def document_source(path: Path, source: str = "") -> DocumentSource:
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.v}\n", f"source: {{path: '{path}'{source}}}\n"
+    )
+    return DocumentSource(str(path), plan.source)
+
+
+def strict_json(text: str) -> Any:
+    """Parse JSON refusing NaN and Infinity, which other JSON tools reject."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"non-standard JSON constant {constant} in the output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def registry_of() -> Iterator[Any]:
+    """InstrumentRegistry on a real MeterProvider; returns (registry, reader)."""
+    providers: list[MeterProvider] = []
+
+    def make(plan: Plan) -> tuple[InstrumentRegistry, InMemoryMetricReader]:
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        providers.append(provider)
+        registry = InstrumentRegistry(provider.get_meter("hostile"))
+        registry.install([plan])
+        return registry, reader
+
+    yield make
+    for provider in providers:
+        provider.shutdown()
+
+
+# --- deep nesting ---------------------------------------------------------------------------
+
+
+def test_a_document_nested_past_1024_levels_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    doc = tmp_path / "deep.json"
+    doc.write_bytes(b'{"v": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with pytest.raises(DocumentInvalid) as caught:
+        document_source(doc).poll()
+    assert str(caught.value) == (
+        f"{doc}: is not valid JSON (nested more than 1024 levels deep); will read it again"
+    )
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("version: 1\nmetrics:\n  - {name: v, type: gauge, path: $.v}\n")
+    status, out, err = call("preview", "--mapping", str(mapping), str(doc))
+    assert (status, out) == (1, "")
+    assert err == f"ml-metrics-bridge: cannot read {doc}: nested more than 1024 levels deep\n"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("history", "record_key"),
+    [
+        # orjson parses it (under 1024 levels) but cannot serialise past 255.
+        (
+            '{"log_history": [{"step": 1, "loss": 0.5, "trace": '
+            + json.dumps(_nested(300))
+            + "}]}",
+            "",
+        ),
+        # NaN sends the document to the standard parser, which keeps the huge integer
+        # exact; orjson cannot serialise integers beyond 64 bits.
+        (f'{{"log_history": [{{"step": 1, "loss": 0.5, "seen": {10**30}}}], "grad": NaN}}', ""),
+        (
+            f'{{"log_history": [{{"step": {{"id": {10**30}}}, "loss": 0.5}}], "grad": NaN}}',
+            ", record_key: ['$.step']",
+        ),
+    ],
+    ids=["record-nested-300-levels", "huge-int-in-record", "huge-int-in-record-key"],
+)
+def test_history_records_orjson_cannot_serialise_are_applied_once_not_a_crash(
+    tmp_path: Path, history: str, record_key: str
+) -> None:
+    doc = tmp_path / "trainer_state.json"
+    doc.write_text(history)
+    source = document_source(doc, f", records: '$.log_history[*]'{record_key}")
+    try:
+        snapshot = source.poll()
+    except SourceError:
+        return  # a clear, retryable error is acceptable; any other exception is not
+    assert snapshot is not None
+    assert [record["loss"] for record in snapshot.records] == [0.5]
+    assert source.poll() is None, "a record is applied once"
+
+
+def test_run_once_reports_a_record_orjson_cannot_serialise_and_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same record through the whole program: an exception would end the sidecar."""
+    doc = tmp_path / "trainer_state.json"
+    doc.write_text(f'{{"log_history": [{{"step": 1, "loss": 0.5, "seen": {10**30}}}], "g": NaN}}')
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        f"version: 1\nsource: {{path: '{doc}', records: '$.log_history[*]'}}\n"
+        "metrics:\n  - {name: loss, type: gauge, path: $.loss}\n"
+    )
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    try:
+        status, out, _ = call("run", "--once", "--mapping", str(mapping))
+    finally:
+        logging.getLogger().handlers.clear()  # `run` configured logging to a closed buffer
+    assert status in (0, 1)
+    if status == 0:
+        assert "loss 0.5" in out
+
+
+# --- huge numbers ---------------------------------------------------------------------------
+
+
+def test_1e400_is_a_counted_non_finite_drop_and_preview_stays_strict_json(tmp_path: Path) -> None:
+    document = parse_json(b'{"v": 1e400, "w": -1e400}')
+    assert document == {"v": math.inf, "w": -math.inf}
+    result = evaluate(plan_for("  - {name: v, type: gauge, path: $.v}\n"), document)
+    assert result.points == []
+    [drop] = result.drops
+    assert (drop.reason, drop.detail) == (DropReason.NON_FINITE, "$.v = inf")
+
+    doc = tmp_path / "in.json"
+    doc.write_bytes(b'{"v": 1e400, "w": -1e400}')
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "version: 1\nmetrics:\n  - {name: v, type: gauge, path: $.v}\n"
+        "  - {name: w, type: gauge, path: $.w, non_finite: keep}\n"
+    )
+    status, out, _ = call("preview", "--mapping", str(mapping), str(doc), "--format", "json")
+    assert status == 0
+    rows = strict_json(out)
+    assert [(r["name"], r["value"], r.get("dropped", {}).get("reason")) for r in rows] == [
+        ("w", "-Infinity", None),
+        ("v", None, "non_finite"),
+    ]
+
+
+def test_an_integer_of_5000_digits_makes_the_document_invalid_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "big.json"
+    doc.write_text('{"v": 1, "w": ' + "9" * 5000 + "}")
+    with pytest.raises(DocumentInvalid) as caught:
+        document_source(doc).poll()
+    message = str(caught.value)
+    assert message.startswith(f"{doc}: is not valid JSON (")
+    assert "value has 5000 digits" in message and message.endswith("; will read it again")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(2**63, float(2**63)), (-(2**70), -float(2**70)), (10**30, 1e30)],
+)
+def test_integers_beyond_64_bits_are_exported_as_doubles(raw: int, expected: float) -> None:
+    result = evaluate(plan_for("  - {name: v, type: gauge, path: $.v}\n"), {"v": raw})
+    [(_, _, value)] = result.points
+    assert type(value) is float and value == expected
+
+
+def test_an_integer_too_big_for_a_double_is_a_counted_out_of_range_drop() -> None:
+    result = evaluate(plan_for("  - {name: v, type: gauge, path: $.v}\n"), {"v": 10**400})
+    assert result.points == []
+    assert [d.reason for d in result.drops] == [DropReason.OUT_OF_RANGE]
+
+
+@pytest.mark.parametrize(
+    ("rule", "value"),
+    [("scale: 4", 2**62), ("offset: 1", 2**63 - 1), ("scale: -3", -(2**62))],
+    ids=["scale", "offset", "negative-scale"],
+)
+def test_scale_and_offset_never_make_an_integer_otlp_cannot_carry(
+    registry_of: Any, rule: str, value: int
+) -> None:
+    """OTLP integers are sfixed64: one bigger point would make every export fail."""
+    plan = plan_for(
+        f"  - {{name: v, type: gauge, path: $.v, {rule}}}\n"
+        "  - {name: other, type: gauge, path: $.other}\n"
+    )
+    registry, reader = registry_of(plan)
+    registry.apply("f.json", evaluate(plan, {"v": value, "other": 1}).points, replaces=True)
+    data = reader.get_metrics_data()
+    assert data is not None
+    encode_metrics(data).SerializeToString()  # raises EncodingException on an int64 overflow
+
+
+# --- huge strings ---------------------------------------------------------------------------
+
+
+def test_a_huge_string_attribute_is_a_counted_drop_naming_its_length() -> None:
+    plan = plan_for("  - {name: v, type: gauge, path: $.v, attributes: {run: {path: $.run}}}\n")
+    result = evaluate(plan, {"v": 1, "run": "r" * 5_000_000})
+    assert result.points == []
+    [drop] = result.drops
+    assert drop.reason is DropReason.BAD_ATTRIBUTE
+    assert drop.detail == "attribute 'run': $.run is 5000000 characters long (limit 1024)"
+
+
+@pytest.mark.parametrize("parse_strings", [False, True])
+def test_a_huge_string_value_is_not_a_number_and_its_logged_detail_stays_short(
+    parse_strings: bool,
+) -> None:
+    plan = plan_for(
+        f"  - {{name: v, type: gauge, path: $.v, parse_strings: {str(parse_strings).lower()}}}\n"
+    )
+    result = evaluate(plan, {"v": "1" * 5_000_000})
+    assert result.points == []
+    [drop] = result.drops
+    assert drop.reason is DropReason.NOT_A_NUMBER
+    assert drop.detail.startswith("$.v = '111") and len(drop.detail) < 100
+
+
+def test_a_document_over_the_default_16_mib_cap_is_refused_unparsed(tmp_path: Path) -> None:
+    doc = tmp_path / "huge.json"
+    with open(doc, "w") as fh:
+        fh.write('{"v": 1, "blob": "')
+        fh.write("x" * (17 * 1024 * 1024))
+        fh.write('"}')
+    with pytest.raises(SourceUnavailable) as caught:
+        document_source(doc).poll()
+    size = doc.stat().st_size
+    assert str(caught.value) == (
+        f"{doc}: is {size} bytes, over the 16777216-byte cap (source.max_bytes)"
+    )
+
+
+# --- invalid UTF-8 --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "offset"),
+    [
+        (b"\xff", 15),
+        (b"\xc3\x28", 15),
+        (b"\xc0\xaf", 15),
+        (b"\xf4\x90\x80\x80", 15),
+        (b"\xed\xa0\x80", 15),
+    ],
+    ids=["ff", "truncated-sequence", "overlong", "beyond-U+10FFFF", "encoded-surrogate"],
+)
+def test_invalid_utf8_in_a_document_is_refused_naming_the_byte(
+    tmp_path: Path, raw: bytes, offset: int
+) -> None:
+    doc = tmp_path / "bad.json"
+    doc.write_bytes(b'{"v": 1, "t": "' + raw + b'"}')
+    with pytest.raises(DocumentInvalid) as caught:
+        document_source(doc).poll()
+    assert str(caught.value) == (
+        f"{doc}: is not valid JSON (not UTF-8 (byte {offset})); will read it again"
+    )
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_lone_surrogate_escape_is_a_counted_bad_attribute_not_a_broken_export(
+    registry_of: Any,
+) -> None:
+    """`"\\ud800"` is JSON syntax for a code point UTF-8 cannot encode: OTLP cannot carry it."""
+    plan = plan_for("  - {name: v, type: gauge, path: $.v, attributes: {tag: {path: $.t}}}\n")
+    document = parse_json(b'{"v": 1, "t": "\\ud800"}')
+    result = evaluate(plan, document)
+    registry, reader = registry_of(plan)
+    registry.apply("f.json", result.points, replaces=True)
+    data = reader.get_metrics_data()
+    # On the encoder's own logger: the bridge stops these records from propagating.
+    complaints = _Records()
+    encoder_log = logging.getLogger("opentelemetry.exporter.otlp.proto.common")
+    encoder_log.addHandler(complaints)
+    try:
+        if data is not None:
+            encode_metrics(data).SerializeToString()
+    finally:
+        encoder_log.removeHandler(complaints)
+    # The encoder drops such an attribute and logs it where nobody sees it: the point would
+    # be exported under another series, and nobody would know why.
+    assert complaints.messages == []
+    assert [d.reason for d in result.drops] == [DropReason.BAD_ATTRIBUTE]
+
+
+def test_invalid_utf8_in_a_mapping_is_reported_with_its_byte_offset(tmp_path: Path) -> None:
+    mapping = tmp_path / "m.yaml"
+    mapping.write_bytes(b"version: 1\nmetrics:\n  - {name: v, type: gauge, path: $.\xff}\n")
+    status, out, err = call("validate", str(mapping))
+    assert status == 2
+    assert out == f"{mapping}: (document): not UTF-8 (byte 55); save the file as UTF-8\n"
+    assert err == "0 of 1 mapping file(s) valid\n"
+
+
+def test_an_invalid_utf8_json_line_is_skipped_and_reported_the_others_are_read(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "m.jsonl"
+    log.write_bytes(b'{"v": 1}\n{"v": "\xff"}\n{"v": 3}\n')
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.v}\n", f"source: {{path: '{log}', format: jsonl}}\n"
+    )
+    source = JsonlSource(str(log), plan.source)
+    try:
+        snapshot = source.poll()
+    finally:
+        source.close()
+    assert snapshot is not None
+    assert snapshot.records == [{"v": 1}, {"v": 3}]
+    [error] = snapshot.errors
+    assert re.search(r"\bline 2\b.* is not JSON \(not UTF-8 \(byte 7\)\); skipped$", error), error
+
+
+# --- a JSON "bomb" --------------------------------------------------------------------------
+
+
+def test_a_multi_megabyte_object_repeating_one_key_parses_to_its_last_value(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "bomb.json"
+    doc.write_bytes(b'{"v": 0' + b', "k": [1, 2]' * 500_000 + b', "v": 7}')
+    assert doc.stat().st_size > 6_000_000
+    snapshot = document_source(doc).poll()
+    assert snapshot is not None and snapshot.root == {"v": 7, "k": [1, 2]}
+    [(_, _, value)] = evaluate(
+        plan_for("  - {name: v, type: gauge, path: $.v}\n"), snapshot.root
+    ).points
+    assert value == 7
+
+
+# --- hostile mappings -----------------------------------------------------------------------
+
+
+def _billion_laughs() -> str:
+    lines = ['a0: &a0 "lol"']
+    for level in range(1, 10):
+        refs = ", ".join(f"*a{level - 1}" for _ in range(10))
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    return (
+        "version: 1\n"
+        + "\n".join(lines)
+        + ("\nmetrics:\n  - name: v\n    type: gauge\n    path: $.v\n    description: *a9\n")
+    )
+
+
+def test_yaml_aliases_expanding_to_a_billion_nodes_are_refused(tmp_path: Path) -> None:
+    text = _billion_laughs()
+    assert len(text) < 1000  # ten levels of ten aliases: 10**9 nodes once expanded
+    with pytest.raises(MappingError) as caught:
+        compile_mapping(text, "m.yaml", environ={})
+    [problem] = caught.value.problems
+    assert (problem.file, problem.yaml_path, problem.message) == (
+        "m.yaml",
+        "",
+        "the mapping expands to more than 100000 nodes "
+        "(YAML anchors and aliases?); refusing to load it",
+    )
+    mapping = tmp_path / "laughs.yaml"
+    mapping.write_text(text)
+    status, out, _ = call("validate", str(mapping))
+    assert status == 2 and "expands to more than 100000 nodes" in out
+
+
+@pytest.mark.parametrize(
+    ("snippet", "tag", "kind"),
+    [
+        (
+            'description: !!python/object/apply:os.system ["touch {marker}"]',
+            "python/object/apply:os.system",
+            "a plain list",
+        ),
+        (
+            "description: !!python/object/apply:os.system {{args: ['touch {marker}']}}",
+            "python/object/apply:os.system",
+            "a plain mapping",
+        ),
+        (
+            'description: !!python/object/new:subprocess.Popen [["touch", "{marker}"]]',
+            "python/object/new:subprocess.Popen",
+            "a plain list",
+        ),
+        ("description: !!python/name:os.system ''", "python/name:os.system", "a plain value"),
+        ("description: !!python/module:os ''", "python/module:os", "a plain value"),
+        ("description: !!binary aGVsbG8=", "binary", "a plain value"),
+    ],
+    ids=["apply-list", "apply-mapping", "new-popen", "name", "module", "binary"],
+)
+def test_yaml_tags_that_construct_objects_are_refused_and_run_nothing(
+    tmp_path: Path, snippet: str, tag: str, kind: str
+) -> None:
+    marker = tmp_path / "pwned"
+    text = (
+        "version: 1\nmetrics:\n  - name: v\n    type: gauge\n    path: $.v\n    "
+        + snippet.format(marker=marker)
+        + "\n"
+    )
+    with pytest.raises(MappingError) as caught:
+        compile_mapping(text, "m.yaml", environ={})
+    assert str(caught.value) == (
+        f"m.yaml:6: metrics[0].description: YAML tag 'tag:yaml.org,2002:{tag}' is not allowed; "
+        f"use {kind}"
+    )
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(text)
+    status, _, err = call("run", "--once", "--mapping", str(mapping))
+    assert status == 2 and "is not allowed" in err
+    assert not marker.exists()
+
+
+def test_a_local_tag_and_a_merge_key_are_refused() -> None:
+    text = (
+        "version: 1\nbase: &base {type: gauge}\nmetrics:\n"
+        "  - <<: *base\n    name: v\n    path: $.v\n"
+        "  - !custom {name: w, type: gauge, path: $.w}\n"
+    )
+    with pytest.raises(MappingError) as caught:
+        compile_mapping(text, "m.yaml", environ={})
+    assert str(caught.value).splitlines() == [
+        "m.yaml:4: metrics[0]: keys must be plain strings (no '<<' merge keys)",
+        "m.yaml:7: metrics[1]: YAML tag '!custom' is not allowed; use a plain mapping",
+    ]
+
+
+def test_a_mapping_file_over_4_mib_is_refused_unread(tmp_path: Path) -> None:
+    mapping = tmp_path / "big.yaml"
+    mapping.write_text("version: 1\n# " + "x" * (4 * 1024 * 1024) + "\nmetrics: []\n")
+    status, out, _ = call("validate", str(mapping))
+    assert status == 2
+    assert out == f"{mapping}: (document): the mapping is larger than 4194304 bytes\n"
+
+
+@pytest.mark.parametrize(
+    ("expression", "node"),
+    [
+        ("$.a + $.b", "Operation"),
+        ("$.a * 2", "Operation"),
+        ("$.`len`", "Len"),
+        ("$.a.`len`", "Len"),
+        ("$.a.`sub(/x/, y)`", "Sub"),
+        ('$.a.`split(",", 0, -1)`', "Split"),
+        ("$.a.`str()`", "Str"),
+        ("$.a[\\x]", "SortedThis"),
+        ("$.a[/x]", "SortedThis"),
+        ("$.a.`parent`", "Parent"),
+        ("$.a & $.b", "_Intersect"),  # deprecated in jsonpath-ng, private class name
+        ("$.gpus[?(@.util * 100 > 50)]", "Operation"),
+    ],
+)
+@pytest.mark.parametrize("key", ["path", "for_each"])
+def test_jsonpath_that_computes_rather_than_selects_is_refused(
+    key: str, expression: str, node: str
+) -> None:
+    rule = f"name: v\n    type: gauge\n    path: $.v\n    {key}: '{expression}'\n"
+    if key == "path":
+        rule = f"name: v\n    type: gauge\n    path: '{expression}'\n"
+    # Warnings as in production: jsonpath-ng's DeprecationWarning for `&` is not shown there,
+    # while this suite turns every warning into an error with another message.
+    with warnings.catch_warnings(), pytest.raises(MappingError) as caught:
+        warnings.simplefilter("ignore", DeprecationWarning)
+        compile_mapping(f"version: 1\nmetrics:\n  - {rule}", "m.yaml", environ={})
+    line = 6 if key == "for_each" else 5
+    assert str(caught.value) == (
+        f"m.yaml:{line}: metrics[0].{key}: {expression!r} uses {node}, which computes rather "
+        "than selects; only selection (fields, indexes, slices, wildcards, filters) is allowed"
+    )
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["$..loss", "$..*", "$.metrics..*", "$.gpus[?(@.util > 0.5)]", "$.gpus[0:2]", "$['a','b']"],
+)
+def test_jsonpath_that_only_selects_is_accepted_for_for_each(expression: str) -> None:
+    """The counterpart of the refusals above: a wildcard is selection, not computation."""
+    plan = plan_for(f'  - {{name: v, type: gauge, path: $.v, for_each: "{expression}"}}\n')
+    assert plan.rules[0].for_each is not None
+
+
+def test_jsonpath_regex_filters_are_refused_since_a_pattern_can_backtrack_for_ever() -> None:
+    """`=~` runs a regular expression from the mapping on strings from the training job;
+    `(a+)+$` takes about a second on 24 characters and doubles with each one more."""
+    text = (
+        "version: 1\nmetrics:\n  - name: v\n    type: gauge\n    path: $.v\n"
+        "    for_each: '$.gpus[?(@.name =~ \"(a+)+$\")]'\n"
+    )
+    with pytest.raises(MappingError) as caught:
+        compile_mapping(text, "m.yaml", environ={})
+    assert "m.yaml:6: metrics[0].for_each:" in str(caught.value)
