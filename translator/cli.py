@@ -110,7 +110,7 @@ def _run_bridge(
     bridge = Bridge(settings, plans, console=stdout)
     restore_signals = None
     if threading.current_thread() is threading.main_thread():
-        restore_signals = install_signal_handlers(bridge.stop)
+        restore_signals = install_signal_handlers(bridge.on_signal)
     if duration_s:
         timer = threading.Timer(duration_s, bridge.stop)
         timer.daemon = True

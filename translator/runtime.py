@@ -74,6 +74,7 @@ class Bridge:
         self._console = console
         self._jobs = [_Job(plan, PathPattern(plan.source.path)) for plan in plans]
         self._stop = threading.Event()
+        self._signal: int | None = None
         self._waker = Waker()
         self._export_wanted = threading.Event()
         self._mappings = _MappingWatch(settings.mapping_path)
@@ -87,9 +88,26 @@ class Bridge:
     # --- public ---------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Stop the loop (from any thread; not from a signal handler: see on_signal)."""
         self._stop.set()
         self._export_wanted.set()
         self._waker.wake()
+
+    def on_signal(self, signum: int) -> None:
+        """Safe in a signal handler: a plain assignment and a write to a pipe. Taking a
+        lock or logging here could deadlock with the code the signal interrupted."""
+        self._signal = signum
+        self._waker.wake()
+
+    def _stop_if_signalled(self) -> bool:
+        if self._signal is not None and not self._stop.is_set():
+            _log.info(
+                "received %s: stopping, last export within %.0f s",
+                signal.Signals(self._signal).name,
+                SHUTDOWN_EXPORT_S,
+            )
+            self.stop()
+        return self._stop.is_set()
 
     def health(self) -> dict[str, Any]:
         """What /healthz and /readyz report."""
@@ -124,7 +142,7 @@ class Bridge:
             poll = self._poll_all()
             clean = poll.all_read
             if poll.more:
-                if self._stop.is_set():
+                if self._stop_if_signalled():
                     break
                 continue  # a backlog: keep reading before sleeping
             if once:
@@ -133,7 +151,7 @@ class Bridge:
             self._waker.watch(self._watched_files())
             delay = RETRY_SOON_S if poll.retry_soon else self.settings.collection_interval_s
             self._waker.wait(delay)
-            if self._stop.is_set():
+            if self._stop_if_signalled():
                 # A native sidecar is stopped right after the trainer exits: its last
                 # document may have been written a moment ago. Read it before leaving.
                 self._poll_all()
@@ -451,16 +469,11 @@ class _MappingWatch:
         return True
 
 
-def install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
-    """SIGTERM and SIGINT stop the loop. Returns a function that puts the old handlers back."""
+def install_signal_handlers(on_signal: Callable[[int], None]) -> Callable[[], None]:
+    """SIGTERM and SIGINT call ``on_signal``. Returns a function putting the old handlers back."""
 
     def handler(signum: int, frame: Any) -> None:
-        _log.info(
-            "received %s: stopping, last export within %.0f s",
-            signal.Signals(signum).name,
-            SHUTDOWN_EXPORT_S,
-        )
-        stop()
+        on_signal(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
