@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -62,10 +62,16 @@ class _LastMessage(logging.Handler):
 
 
 _SDK_EXPORTER_LOG = _LastMessage()
-for _name in ("opentelemetry.exporter.otlp", "opentelemetry.sdk.metrics._internal.export"):
-    _logger = logging.getLogger(_name)
-    _logger.addHandler(_SDK_EXPORTER_LOG)
-    _logger.propagate = False
+
+
+def _capture_sdk_exporter_logs() -> None:
+    """Route the SDK exporters' per-attempt log lines to _SDK_EXPORTER_LOG, whose latest
+    message goes into our once-per-outage line. Idempotent."""
+    for name in ("opentelemetry.exporter.otlp", "opentelemetry.sdk.metrics._internal.export"):
+        logger = logging.getLogger(name)
+        if _SDK_EXPORTER_LOG not in logger.handlers:
+            logger.addHandler(_SDK_EXPORTER_LOG)
+        logger.propagate = False
 
 
 class _ObservedExporter(MetricExporter):
@@ -91,7 +97,7 @@ class _ObservedExporter(MetricExporter):
     ) -> MetricExportResult:
         _SDK_EXPORTER_LOG.message = ""
         try:
-            completed = self._pipeline.filtered(metrics_data) or metrics_data
+            completed = self._pipeline.completed(metrics_data) or metrics_data
             result = self._inner.export(completed, timeout_millis=timeout_millis)
         except Exception as exc:  # an exporter bug must not stop the bridge
             _SDK_EXPORTER_LOG.message = f"{type(exc).__name__}: {exc}"
@@ -191,9 +197,10 @@ class Pipeline:
     def __init__(
         self, settings: ExportSettings, resource: Resource, *, stats: Stats, console: TextIO
     ) -> None:
+        _capture_sdk_exporter_logs()
         self.settings = settings
         self.resource = resource
-        self._filter: Callable[[MetricsData | None], MetricsData] | None = None
+        self._complete: Callable[[MetricsData | None], MetricsData] | None = None
         self._push: list[PeriodicExportingMetricReader] = []
         self._observed: list[_ObservedExporter] = []
         readers: list[MetricReader] = []
@@ -221,13 +228,13 @@ class Pipeline:
         self.self_meter = self.meter_provider.get_meter(SELF_METER_NAME, __version__)
         self._lock = threading.Lock()
 
-    def set_filter(self, complete: Callable[[MetricsData | None], MetricsData]) -> None:
+    def set_completion(self, complete: Callable[[MetricsData | None], MetricsData]) -> None:
         """Every collection passes through ``complete`` before any exporter sees it (the
         registry adds the histograms it aggregates itself)."""
-        self._filter = complete
+        self._complete = complete
 
-    def filtered(self, data: MetricsData | None) -> MetricsData | None:
-        return data if self._filter is None else self._filter(data)
+    def completed(self, data: MetricsData | None) -> MetricsData | None:
+        return data if self._complete is None else self._complete(data)
 
     @property
     def last_export_ok(self) -> bool | None:
@@ -318,7 +325,7 @@ def _prometheus_reader(settings: ExportSettings, pipeline: Pipeline) -> MetricRe
 
     class FilteredReader(PrometheusMetricReader):
         def _receive_metrics(self, metrics_data: MetricsData, *args: Any, **kwargs: Any) -> None:
-            completed = pipeline.filtered(metrics_data) or metrics_data
+            completed = pipeline.completed(metrics_data) or metrics_data
             super()._receive_metrics(completed, *args, **kwargs)
 
     start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
@@ -335,7 +342,3 @@ def _read(path: str | None) -> bytes | None:
         return None
     with open(path, "rb") as fh:
         return fh.read()
-
-
-def resource_attributes(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: v for k, v in pairs if v is not None}

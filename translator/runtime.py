@@ -406,7 +406,7 @@ class Bridge:
         except InstrumentConflict as exc:
             raise ConfigError(str(exc)) from None
         resource = self._pipeline.resource
-        self._pipeline.set_filter(lambda data: registry.add_histograms(data, resource))
+        self._pipeline.set_completion(lambda data: registry.add_histograms(data, resource))
         self._registry = registry
 
     def _export_loop(self) -> None:
