@@ -156,6 +156,7 @@ def test_preview_table_reports_series_per_metric() -> None:
             "OTEL_EXPORTER_OTLP_INSECURE: 'maybe' is not true or false",
         ),
         ("HEALTH_PORT", "http", "HEALTH_PORT: 'http' is not a TCP port (1-65535)"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "0", "OTEL_EXPORTER_OTLP_TIMEOUT: '0' is not a number of milliseconds between 1 and 600000"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT: 'xml' is not one of: text, json"),
     ],
 )
@@ -252,3 +253,13 @@ def test_preview_of_json_lines_shows_every_record_in_order_and_skips_bad_lines(
     assert err == f"{source}:2: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); skipped\n"
     losses = [(r["record"], r["value"]) for r in json.loads(out) if r["name"] == "detectron2.loss"]
     assert losses == [(0, 1.5), (1, 1.2)]
+
+
+def test_public_surface_is_small_and_pinned() -> None:
+    import translator
+
+    assert translator.__all__ == sorted(translator.__all__)
+    assert translator.__all__ == [
+        "BridgeError", "ConfigError", "DropReason", "Evaluation", "MappingError", "Point",
+        "SettingsError", "SourceError", "__version__", "evaluate", "load_plan",
+    ]  # fmt: skip

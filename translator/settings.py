@@ -70,7 +70,9 @@ class _Reader:
     def bad(self, name: str, message: str) -> None:
         self.problems.append((name, message))
 
-    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+    def number(
+        self, name: str, default: float, *, minimum: float, maximum: float, unit: str = "seconds"
+    ) -> float:
         raw = self.get(name)
         if raw is None:
             return default
@@ -79,9 +81,7 @@ class _Reader:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or not minimum <= value <= maximum:
-            self.bad(
-                name, f"{raw!r} is not a number of seconds between {minimum:g} and {maximum:g}"
-            )
+            self.bad(name, f"{raw!r} is not a number of {unit} between {minimum:g} and {maximum:g}")
             return default
         return value
 
@@ -173,7 +173,9 @@ def _export_settings(env: _Reader) -> ExportSettings:
     headers = _headers(env, "OTEL_EXPORTER_OTLP_HEADERS") | _headers(
         env, "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
     )
-    timeout_ms = env.number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, minimum=1, maximum=600_000)
+    timeout_ms = env.number(
+        "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, minimum=1, maximum=600_000, unit="milliseconds"
+    )
     return ExportSettings(
         exporters=exporters,
         protocol=protocol,
