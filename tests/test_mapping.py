@@ -37,6 +37,14 @@ BAD_MAPPINGS = [
         ],
     ),
     (
+        "misspelled counter type is reported once, without a knock-on about mode",
+        H + "  - {name: a, type: countr, mode: total, path: $.a}\n",
+        [
+            "m.yaml:3: metrics[0].type: 'countr' is not one of: gauge, counter, updowncounter, "
+            "histogram (did you mean 'counter'?)"
+        ],
+    ),
+    (
         "counter without mode",
         H + "  - {name: a, type: counter, path: $.a}\n",
         [

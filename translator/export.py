@@ -124,7 +124,7 @@ class _ObservedExporter(MetricExporter):
             self.failing_since = time.monotonic()
             reason = _SDK_EXPORTER_LOG.message or "no detail from the exporter"
             _log.warning(
-                "export to %s failed: %s; retrying at every collection (logged once per outage)",
+                "export to %s failed: %s (logged once per outage, with a count when it recovers)",
                 self.target,
                 reason,
             )

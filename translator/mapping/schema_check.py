@@ -73,6 +73,8 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
     elif kind == "not" and isinstance(expected, dict):
         (key,) = expected.get("required", ["?"])
         kind_name = instance.get("type") if isinstance(instance, dict) else None
+        if kind_name not in ("gauge", "counter", "updowncounter", "histogram"):
+            return  # the unknown type is reported on its own; this would only echo it
         applies = "counter and updowncounter" if key == "mode" else "histogram"
         yield (*path, key), f"{key!r} applies only to {applies}, not to {kind_name}"
     elif kind == "pattern" and last == "name":
