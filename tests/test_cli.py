@@ -156,7 +156,11 @@ def test_preview_table_reports_series_per_metric() -> None:
             "OTEL_EXPORTER_OTLP_INSECURE: 'maybe' is not true or false",
         ),
         ("HEALTH_PORT", "http", "HEALTH_PORT: 'http' is not a TCP port (1-65535)"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "0", "OTEL_EXPORTER_OTLP_TIMEOUT: '0' is not a number of milliseconds between 1 and 600000"),
+        (
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "0",
+            "OTEL_EXPORTER_OTLP_TIMEOUT: '0' is not a number of milliseconds between 1 and 600000",
+        ),
         ("LOG_FORMAT", "xml", "LOG_FORMAT: 'xml' is not one of: text, json"),
     ],
 )
@@ -246,11 +250,16 @@ def test_preview_of_json_lines_shows_every_record_in_order_and_skips_bad_lines(
     tmp_path: Path,
 ) -> None:
     source = tmp_path / "metrics.jsonl"
-    source.write_text('{"iteration": 19, "total_loss": 1.5}\n{oops\n{"iteration": 39, "total_loss": 1.2}\n')
+    source.write_text(
+        '{"iteration": 19, "total_loss": 1.5}\n{oops\n{"iteration": 39, "total_loss": 1.2}\n'
+    )
     mapping = ROOT / "mappings/examples/detectron2-jsonl.yaml"
     status, out, err = call("preview", "--mapping", str(mapping), str(source), "--format", "json")
     assert status == 0
-    assert err == f"{source}:2: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); skipped\n"
+    assert (
+        err
+        == f"{source}:2: not JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); skipped\n"
+    )
     losses = [(r["record"], r["value"]) for r in json.loads(out) if r["name"] == "detectron2.loss"]
     assert losses == [(0, 1.5), (1, 1.2)]
 
@@ -263,3 +272,19 @@ def test_public_surface_is_small_and_pinned() -> None:
         "BridgeError", "ConfigError", "DropReason", "Evaluation", "MappingError", "Point",
         "SettingsError", "SourceError", "__version__", "evaluate", "load_plan",
     ]  # fmt: skip
+
+
+def test_two_mappings_reading_one_file_keep_each_others_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("version: 1\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n")
+    (folder / "b.yaml").write_text("version: 1\nmetrics:\n  - {name: b, type: gauge, path: $.b}\n")
+    doc = tmp_path / "m.json"
+    doc.write_text('{"a": 1, "b": 2}')
+    monkeypatch.setenv("METRICS_FILE_PATH", str(doc))
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    status, out, err = call("run", "--once", "--mapping", str(folder))
+    assert status == 0, err
+    assert "  a 1\n" in out and "  b 2\n" in out

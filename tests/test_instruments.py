@@ -155,7 +155,9 @@ def test_reinstalling_with_a_changed_instrument_type_is_refused(harness_of: Any)
         )
 
 
-def test_histogram_series_of_a_forgotten_source_are_no_longer_exported_until_it_returns(harness_of: Any) -> None:
+def test_histogram_series_of_a_forgotten_source_are_no_longer_exported_until_it_returns(
+    harness_of: Any,
+) -> None:
     h = harness_of(
         compile_metrics(
             "  - {name: t, type: histogram, path: $.t, buckets: [10]}\n",
@@ -184,3 +186,54 @@ def test_a_histogram_the_new_plan_drops_is_no_longer_exported(harness_of: Any) -
     h.plan = smaller
     h.apply({"loss": 0.4})
     assert set(h.collect()) == {"loss"}
+
+
+def test_cardinality_guard_counts_the_series_of_the_document_being_applied(harness_of: Any) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: util, type: gauge, for_each: '$.gpus[*]', path: $.u,"
+            " attributes: {gpu: {path: $.i}}}\n",
+            extra="limits: {max_series_per_metric: 3}\n",
+        )
+    )
+    drops = h.apply({"gpus": [{"i": i, "u": i} for i in range(50)]})
+    assert len(h.collect()["util"]) == 3
+    assert [d.reason for d in drops] == [DropReason.CARDINALITY] * 47
+
+
+def test_a_rotating_series_at_the_limit_replaces_the_old_one(harness_of: Any) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: loss, type: gauge, path: $.loss}\n",
+            extra="limits: {max_series_per_metric: 1}\nattributes:\n  epoch: {path: $.epoch}\n",
+        )
+    )
+    h.apply({"epoch": 1, "loss": 0.5})
+    assert h.apply({"epoch": 2, "loss": 0.4}) == []
+    assert h.collect()["loss"] == [({"epoch": 2}, 0.4)]
+
+
+def test_a_counter_that_goes_away_and_comes_back_carries_on_from_where_it_was(
+    harness_of: Any,
+) -> None:
+    h = harness_of(compile_metrics("  - {name: steps, type: counter, mode: total, path: $.s}\n"))
+    reported = []
+    for doc in ({"s": 100}, {"s": 10}, {}, {"s": 20}):
+        h.apply(doc)
+        reported.append([v for _, v in h.collect().get("steps", [])])
+    assert reported == [[100], [110], [], [120]]
+    h.registry.forget("f.json")  # stale, then writing again
+    h.apply({"s": 25})
+    assert h.collect()["steps"] == [({}, 125)]
+
+
+def test_two_running_totals_for_one_series_in_one_document_are_not_a_reset(harness_of: Any) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: c, type: counter, mode: total, for_each: '$.g[*]', path: $.v}\n"
+        )
+    )
+    for _ in range(3):
+        drops = h.apply({"g": [{"v": 100}, {"v": 50}]})
+    assert h.collect()["c"] == [({}, 100)]
+    assert [d.reason for d in drops] == [DropReason.DUPLICATE]

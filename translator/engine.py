@@ -46,6 +46,7 @@ class DropReason(StrEnum):
     MISSING_ATTRIBUTE = "missing_attribute"
     BAD_ATTRIBUTE = "bad_attribute"
     CARDINALITY = "cardinality_limit"
+    DUPLICATE = "duplicate_series"
 
 
 Point = tuple[MetricRule, AttributeSet, Number]

@@ -107,6 +107,10 @@ class _Instrument:
     max_series: int
     by_source: dict[str, dict[AttributeSet, Any]] = field(default_factory=dict)
     """source path -> attributes -> _Series (or _HistogramSeries for a histogram)."""
+    parked: dict[tuple[str, AttributeSet], _Series] = field(default_factory=dict)
+    """Counter series no longer reported (absent, stale, file gone): kept so that one that
+    comes back carries on from where it was. The SDK keeps an observable series' start
+    time, so restarting it from zero would be a cumulative sum going backwards."""
     retired: bool = False
     overflow_warned: bool = False
     histogram: bool = False
@@ -166,6 +170,7 @@ class InstrumentRegistry:
                 if name not in wanted:
                     instrument.retired = True
                     instrument.by_source.clear()
+                    instrument.parked.clear()
             for name, (spec, max_series) in wanted.items():
                 live = self._instruments.get(name)
                 if live is None:
@@ -225,7 +230,6 @@ class InstrumentRegistry:
                 instrument = instruments.get(name)
                 if instrument is None or instrument.retired:
                     continue
-                applied[name] += 1
                 spec = instrument.spec
                 old = instrument.by_source.get(source)
                 if instrument.histogram:
@@ -234,15 +238,19 @@ class InstrumentRegistry:
                         old = instrument.by_source[source] = {}
                     observed = old.get(attributes)
                     if observed is None:
-                        if self._over_limit(instrument, rule, drops):
+                        if self._over_limit(instrument, rule, drops, instrument.live_count()):
                             continue
                         observed = old[attributes] = _HistogramSeries(
                             dict(attributes), spec.buckets or ()
                         )
                     observed.record(value)
+                    applied[name] += 1
                     continue
-                if replaces and spec.mode is not CounterMode.INCREMENT:
-                    target = fresh.setdefault(name, {})
+                snapshot = replaces and spec.mode is not CounterMode.INCREMENT
+                if snapshot:
+                    target = fresh.get(name)
+                    if target is None:
+                        target = fresh[name] = {}
                 elif old is None:
                     target = old = instrument.by_source[source] = {}
                 else:
@@ -252,19 +260,35 @@ class InstrumentRegistry:
                     # A series seen in the previous read carries on (counters keep their run).
                     series = old.get(attributes) if old is not None else None
                     if series is None:
-                        if self._over_limit(instrument, rule, drops):
+                        series = instrument.parked.pop((source, attributes), None)
+                    if series is None:
+                        live = instrument.live_count()
+                        if snapshot:  # this read replaces the source's old series
+                            live += len(target) - len(old or ())
+                        if self._over_limit(instrument, rule, drops, live):
                             continue
                         series = _Series(dict(attributes))
                     target[attributes] = series
+                elif snapshot and spec.mode is CounterMode.TOTAL:
+                    # Two running totals for one series in one document (a for_each without
+                    # a distinguishing attribute): taking both would look like a reset.
+                    detail = f"{name} already has a running total for {dict(attributes)} here"
+                    drops.append(Drop(rule, DropReason.DUPLICATE, detail))
+                    continue
                 if spec.mode is None:
                     series.value = value  # a gauge: the newest value
                 else:
                     _update(spec, series, value)
+                applied[name] += 1
             if replaces:
                 for instrument in self._instruments.values():
                     if instrument.spec.mode is CounterMode.INCREMENT or instrument.histogram:
                         continue
                     replacement = fresh.get(instrument.spec.name)
+                    previous = instrument.by_source.get(source)
+                    if previous and instrument.spec.mode is not None:
+                        for attributes in previous.keys() - (replacement or {}).keys():
+                            _park(instrument, source, attributes, previous[attributes])
                     if replacement:
                         instrument.by_source[source] = replacement
                     else:
@@ -275,7 +299,10 @@ class InstrumentRegistry:
         """Stop reporting everything ``source`` contributed (stale, or gone)."""
         with self._lock:
             for instrument in self._instruments.values():
-                instrument.by_source.pop(source, None)
+                gone = instrument.by_source.pop(source, None)
+                if gone and instrument.spec.mode is not None:
+                    for attributes, series in gone.items():
+                        _park(instrument, source, attributes, series)
 
     def add_histograms(self, data: MetricsData | None, resource: Resource) -> MetricsData:
         """``data`` (one SDK collection) with the histograms aggregated here added to it."""
@@ -309,13 +336,10 @@ class InstrumentRegistry:
             scopes.append(ScopeMetrics(self._scope, metrics, ""))
         return MetricsData(resource_metrics=[replace(first, scope_metrics=scopes), *rest])
 
-    def series_count(self, name: str) -> int:
-        with self._lock:
-            instrument = self._instruments.get(name)
-            return 0 if instrument is None else instrument.live_count()
-
-    def _over_limit(self, instrument: _Instrument, rule: MetricRule, drops: list[Drop]) -> bool:
-        if instrument.live_count() < instrument.max_series:
+    def _over_limit(
+        self, instrument: _Instrument, rule: MetricRule, drops: list[Drop], live: int
+    ) -> bool:
+        if live < instrument.max_series:
             return False
         detail = (
             f"{instrument.spec.name} already has {instrument.max_series} series "
@@ -326,6 +350,13 @@ class InstrumentRegistry:
             _log.warning("cardinality limit reached: %s; new series are dropped", detail)
         drops.append(Drop(rule, DropReason.CARDINALITY, detail))
         return True
+
+
+def _park(instrument: _Instrument, source: str, attributes: AttributeSet, series: _Series) -> None:
+    parked = instrument.parked
+    parked[(source, attributes)] = series
+    if len(parked) > instrument.max_series:  # bounded like live series: the oldest goes
+        del parked[next(iter(parked))]
 
 
 def _update(spec: InstrumentSpec, series: _Series, value: float | int) -> None:

@@ -47,6 +47,9 @@ MIN_EXPORT_SPACING_S = 0.1
 class _Tracked:
     source: DocumentSource | JsonlSource
     attributes: tuple[tuple[str, str], ...]
+    key: str
+    """The registry's name for what this file contributes under this mapping: two
+    mappings reading one file must not replace or forget each other's series."""
     newest_at: float = field(default_factory=time.monotonic)
     stale: bool = False
 
@@ -218,14 +221,17 @@ class Bridge:
             if isinstance(tracked.source, JsonlSource):
                 tracked.source.close()
             if self._registry is not None:
-                self._registry.forget(gone)
+                self._registry.forget(tracked.key)
+            self.stats.newest_data.pop(gone, None)
             _log.info(
                 "%s: file is gone; its series are no longer exported", gone, extra={"source": gone}
             )
         for path in paths:
             if path not in job.sources:
                 job.sources[path] = _Tracked(
-                    self._source_for(job.plan, path), job.pattern.attributes(path)
+                    self._source_for(job.plan, path),
+                    job.pattern.attributes(path),
+                    key=f"{job.plan.mapping_file}|{path}",
                 )
         return paths
 
@@ -276,7 +282,10 @@ class Bridge:
             root = record if snapshot.root is None else snapshot.root
             evaluate_into(job.plan, record, root, evaluation, extra)
         drops = evaluation.drops + self._registry.apply(
-            path, evaluation.points, replaces=snapshot.replaces, counts=self.stats.points_emitted
+            tracked.key,
+            evaluation.points,
+            replaces=snapshot.replaces,
+            counts=self.stats.points_emitted,
         )
         stats = self.stats
         stats.records_read[path] += len(snapshot.records)
@@ -302,7 +311,7 @@ class Bridge:
             return
         tracked.stale = True
         if self._registry is not None:
-            self._registry.forget(path)
+            self._registry.forget(tracked.key)
         _log.warning(
             "%s: no new data for %.0f s (source.stale_after_s); its series are no longer "
             "exported until it changes again",
@@ -356,18 +365,24 @@ class Bridge:
             self.stats.reloads["failure"] += 1
             _log.error("mapping reload rejected; the running mapping stays in force:\n%s", exc)
             return
-        old = {(job.plan.source, job.pattern.pattern): job for job in self._jobs}
+        old = {_reading(job.plan): job for job in self._jobs}
         jobs = []
         for plan in plans:
             job = _Job(plan, PathPattern(plan.source.path))
-            kept = old.pop((plan.source, job.pattern.pattern), None)
+            kept = old.pop(_reading(plan), None)
             if kept is not None:
-                job.sources = kept.sources  # same files, same positions: nothing is re-applied
+                # The same files read the same way: positions and versions carry over, so
+                # nothing is re-applied; caps and staleness follow the new mapping.
+                job.sources = kept.sources
+                for tracked in job.sources.values():
+                    tracked.source.spec = plan.source
             jobs.append(job)
         for job in old.values():
-            for path in job.sources:
+            for tracked in job.sources.values():
+                if isinstance(tracked.source, JsonlSource):
+                    tracked.source.close()
                 if self._registry is not None:
-                    self._registry.forget(path)
+                    self._registry.forget(tracked.key)
         if self._registry is not None:
             self._registry.install(plans)
         self._jobs = jobs
@@ -434,6 +449,19 @@ class Bridge:
         if once:
             return 0 if delivered and clean else 1
         return 0
+
+
+def _reading(plan: Plan) -> tuple[Any, ...]:
+    """What decides which records a mapping's files give: equal means nothing to re-read."""
+    spec = plan.source
+    return (
+        plan.mapping_file,
+        spec.path,
+        spec.format,
+        spec.version_path.text if spec.version_path else None,
+        spec.records.text if spec.records else None,
+        tuple(p.text for p in spec.record_key),
+    )
 
 
 def _usable_resource_value(value: Any) -> bool:

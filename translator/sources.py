@@ -84,7 +84,7 @@ class DocumentSource:
 
     def __init__(self, path: str, spec: SourceSpec) -> None:
         self.path = path
-        self._spec = spec
+        self.spec = spec
         self._fingerprint: tuple[int, ...] | None = None
         self._checked_ns = 0
         self._digest: bytes | None = None
@@ -105,7 +105,7 @@ class DocumentSource:
         fingerprint = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if fingerprint == self._fingerprint and self._checked_ns - st.st_mtime_ns > _RACY_WINDOW_NS:
             return None
-        cap = self._spec.max_bytes
+        cap = self.spec.max_bytes
         if st.st_size > cap:
             raise SourceUnavailable(
                 self.path,
@@ -125,16 +125,16 @@ class DocumentSource:
                 self.path, f"is not valid JSON ({exc}); will read it again"
             ) from None
         self._fingerprint, self._checked_ns, self._digest = fingerprint, started_ns, digest
-        if self._spec.version_path is not None:
-            version = self._spec.version_path.first(document)
+        if self.spec.version_path is not None:
+            version = self.spec.version_path.first(document)
             if version is not MISSING and version == self._version:
                 return None
             self._version = version
-        if self._spec.records is None:
+        if self.spec.records is None:
             return Snapshot(self.path, [document], document, replaces=True, read_at=time.time())
         fresh = []
         errors = []
-        for number, record in enumerate(self._spec.records.all(document)):
+        for number, record in enumerate(self.spec.records.all(document)):
             try:
                 key = self._record_key(record)
             except ValueError as exc:
@@ -150,9 +150,9 @@ class DocumentSource:
         )
 
     def _record_key(self, record: Any) -> Any:
-        if not self._spec.record_key:
+        if not self.spec.record_key:
             return _canonical(record)  # no key given: the record's content is its identity
-        return tuple(_hashable(p.first(record)) for p in self._spec.record_key)
+        return tuple(_hashable(p.first(record)) for p in self.spec.record_key)
 
 
 def _hashable(value: Any) -> Any:
@@ -183,7 +183,7 @@ class JsonlSource:
 
     def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
         self.path = path
-        self._spec = spec
+        self.spec = spec
         self._fh: Any = None
         self._inode: int | None = None
         self._offset = 0
@@ -266,7 +266,7 @@ class JsonlSource:
             else:
                 # Rotated or rewritten while we were down: read the new content whole.
                 self._head = b""
-        elif not self._opened_before and self._spec.start_at_end:
+        elif not self._opened_before and self.spec.start_at_end:
             self._offset = self._end_of_last_line(st.st_size)
         self._opened_before = True
 
@@ -281,7 +281,7 @@ class JsonlSource:
 
     def _read_lines(self) -> Snapshot | None:
         fh = self._fh
-        cap = self._spec.max_bytes
+        cap = self.spec.max_bytes
         errors: list[str] = []
         fh.seek(self._offset)
         data = fh.read(JSONL_CHUNK_BYTES)
