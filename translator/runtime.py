@@ -165,8 +165,10 @@ class Bridge:
             exporter.join(timeout=SHUTDOWN_EXPORT_S / 2)
         if health is not None:
             health.stop()
-        self._waker.close()
-        return self._finish(once=once, clean=clean, deadline=deadline)
+        try:
+            return self._finish(once=once, clean=clean, deadline=deadline)
+        finally:
+            self._waker.close()
 
     @property
     def plans(self) -> list[Plan]:
@@ -444,10 +446,22 @@ class Bridge:
         if self._pipeline is None:
             _log.warning("stopping before any document was read; nothing to export")
             return 1 if once else 0
-        delivered = self._pipeline.export(timeout_s=deadline - time.monotonic())
-        self._pipeline.shutdown(timeout_s=max(deadline - time.monotonic(), 0.5))
+        pipeline = self._pipeline
+        outcome: list[bool] = []
+
+        def last_export() -> None:
+            outcome.append(pipeline.export(timeout_s=max(deadline - time.monotonic(), 0.1)))
+            pipeline.shutdown(timeout_s=max(deadline - time.monotonic(), 0.1))
+
+        # The SDK exporters do not honour a per-call timeout (they use their own, 10 s by
+        # default): a worker thread keeps the exit within the deadline whatever they do.
+        worker = threading.Thread(target=last_export, name="last-export", daemon=True)
+        worker.start()
+        worker.join(timeout=max(deadline - time.monotonic(), 0.1))
+        if worker.is_alive():
+            _log.warning("the last export did not finish within %.0f s; exiting", SHUTDOWN_EXPORT_S)
         if once:
-            return 0 if delivered and clean else 1
+            return 0 if outcome == [True] and clean else 1
         return 0
 
 

@@ -88,7 +88,8 @@ class Waker:
             self._watched.add(directory)
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # the pipe is full: already awake
+        # Full pipe: already awake. Closed (a late signal during exit): nothing to wake.
+        with contextlib.suppress(OSError):
             os.write(self._pipe_w, b"x")
 
     def wait(self, timeout_s: float) -> bool:
