@@ -168,3 +168,36 @@ def test_history_records_are_applied_once_across_rewrites_shrinks_and_growth(
     s3 = {"step": 3, "loss": 0.8}
     assert write(s1, {"step": 2, "loss": 0.91}, s3) == [s3]  # grows again: only the new step
     assert not write(s1, s2, e2, s3)  # nothing new
+
+
+def test_a_broken_document_is_retried_soon_once_then_at_the_normal_interval(tmp_path: Path) -> None:
+    f = tmp_path / "m.json"
+    f.write_text('{"a": 1,}')
+    source = source_for(f)
+    with pytest.raises(DocumentInvalid) as first:
+        source.poll()
+    with pytest.raises(DocumentInvalid) as second:
+        source.poll()
+    assert (first.value.retry_soon, second.value.retry_soon) == (True, False)
+    f.write_text('{"a": 1, "b"')  # new bytes: maybe a write in progress again
+    with pytest.raises(DocumentInvalid) as third:
+        source.poll()
+    assert third.value.retry_soon
+
+
+def test_history_records_without_any_key_are_reported_not_collapsed(tmp_path: Path) -> None:
+    f = tmp_path / "trainer_state.json"
+    plan = compile_mapping(
+        f"version: 1\nsource: {{path: {f}, records: '$.h[*]', record_key: [$.step]}}\n"
+        "metrics:\n  - {name: a, type: gauge, path: $.loss}\n",
+        "m.yaml",
+        environ={},
+    )
+    f.write_text(json.dumps({"h": [{"loss": 1}, {"loss": 2}, {"step": 3, "loss": 3}]}))
+    snapshot = DocumentSource(str(f), plan.source).poll()
+    assert snapshot is not None
+    assert snapshot.records == [{"step": 3, "loss": 3}]
+    assert snapshot.errors == (
+        "history record 0 has no usable key (none of record_key selects anything in it); skipped",
+        "history record 1 has no usable key (none of record_key selects anything in it); skipped",
+    )

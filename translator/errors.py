@@ -71,4 +71,12 @@ class SourceUnavailable(SourceError):
 
 
 class DocumentInvalid(SourceError):
-    """The bytes are not a JSON document (often: the writer is half-way through)."""
+    """The bytes are not a JSON document (often: the writer is half-way through).
+
+    ``retry_soon`` is False when the same bytes failed before: a broken file, not a write
+    in progress, so re-reading it ten times a second would only burn CPU.
+    """
+
+    def __init__(self, path: str, message: str, retry_soon: bool = True) -> None:
+        super().__init__(path, message)
+        self.retry_soon = retry_soon

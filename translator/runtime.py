@@ -187,7 +187,7 @@ class Bridge:
                     snapshot = tracked.source.poll()
                 except SourceError as exc:
                     all_read = False
-                    retry_soon |= isinstance(exc, DocumentInvalid)
+                    retry_soon |= isinstance(exc, DocumentInvalid) and exc.retry_soon
                     self._read_failed(path, exc)
                     snapshot = None
                 except Exception:  # a bug of ours must not stop the other sources

@@ -89,6 +89,7 @@ class DocumentSource:
         self._checked_ns = 0
         self._digest: bytes | None = None
         self._version: Any = MISSING
+        self._bad_digest: bytes | None = None
         self._applied: set[Any] = set()
 
     def poll(self) -> Snapshot | None:
@@ -116,14 +117,21 @@ class DocumentSource:
         if digest == self._digest:
             self._fingerprint, self._checked_ns = fingerprint, started_ns
             return None
+        # A writer caught mid-rewrite is retried at once; the same bad bytes again mean the
+        # file is broken, not being written, and wait for the normal interval.
+        retry_soon = digest != self._bad_digest
+        self._bad_digest = digest
         if not data.strip():
-            raise DocumentInvalid(self.path, "is empty (being rewritten?); will read it again")
+            raise DocumentInvalid(
+                self.path, "is empty (being rewritten?); will read it again", retry_soon
+            )
         try:
             document = parse_json(data)
         except ValueError as exc:
             raise DocumentInvalid(
-                self.path, f"is not valid JSON ({exc}); will read it again"
+                self.path, f"is not valid JSON ({exc}); will read it again", retry_soon
             ) from None
+        self._bad_digest = None
         self._fingerprint, self._checked_ns, self._digest = fingerprint, started_ns, digest
         if self.spec.version_path is not None:
             version = self.spec.version_path.first(document)
@@ -152,7 +160,11 @@ class DocumentSource:
     def _record_key(self, record: Any) -> Any:
         if not self.spec.record_key:
             return _canonical(record)  # no key given: the record's content is its identity
-        return tuple(_hashable(p.first(record)) for p in self.spec.record_key)
+        key = tuple(p.first(record) for p in self.spec.record_key)
+        if all(part is MISSING for part in key):
+            # Keyless records would all share one key, and only the first would count.
+            raise ValueError("none of record_key selects anything in it")
+        return tuple(_hashable(part) for part in key)
 
 
 def _hashable(value: Any) -> Any:
