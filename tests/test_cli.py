@@ -288,3 +288,20 @@ def test_two_mappings_reading_one_file_keep_each_others_series(
     status, out, err = call("run", "--once", "--mapping", str(folder))
     assert status == 0, err
     assert "  a 1\n" in out and "  b 2\n" in out
+
+
+def test_validate_reports_one_name_declared_differently_in_two_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 1\nmetrics:\n  - {name: x, type: gauge, path: $.a}\n")
+    (tmp_path / "b.yaml").write_text(
+        "version: 1\nmetrics:\n  - {name: y, type: gauge, path: $.a}\n"
+        "  - {name: x, type: counter, mode: total, path: $.b}\n"
+    )
+    status, out, err = call("validate", str(tmp_path))
+    assert status == 2
+    assert out == (
+        f"{tmp_path / 'b.yaml'}:4: metrics[1].name: 'x' is counter (total) unit '' here but "
+        f"gauge unit '' in {tmp_path / 'a.yaml'}; one name is one instrument across all "
+        "mapping files\n"
+    )
+    status, _, err = call("run", "--once", "--mapping", str(tmp_path))
+    assert status == 2 and "one name is one instrument across all mapping files" in err

@@ -24,6 +24,7 @@ from translator.engine import Evaluation, evaluate_into
 from translator.errors import ConfigError, MappingError, SourceError
 from translator.logs import configure as configure_logging
 from translator.mapping import Plan, load_plan, load_plans, mapping_files
+from translator.mapping.compiler import conflicts_between
 from translator.mapping.plan import SourceFormat
 from translator.settings import Settings, load_settings
 
@@ -150,13 +151,18 @@ class _AnyEnvironment(Mapping[str, str]):
 def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     files = [f for path in args.paths for f in mapping_files(path)]
     bad = 0
-    for file in files:
-        try:
-            load_plan(file, environ=_AnyEnvironment())
-        except MappingError as exc:
+    for path in args.paths:  # the files of one path are loaded together by the sidecar
+        plans = []
+        for file in mapping_files(path):
+            try:
+                plans.append(load_plan(file, environ=_AnyEnvironment()))
+            except MappingError as exc:
+                bad += 1
+                for problem in exc.problems:
+                    stdout.write(f"{problem}\n")
+        for problem in conflicts_between(plans):
             bad += 1
-            for problem in exc.problems:
-                stdout.write(f"{problem}\n")
+            stdout.write(f"{problem}\n")
     if not files:
         stderr.write("no mapping files found in: " + ", ".join(args.paths) + "\n")
         return EXIT_CONFIG

@@ -144,16 +144,16 @@ class InstrumentRegistry:
         for plan in plans:
             for spec in plan.instruments:
                 other = seen.setdefault(spec.name, (spec, plan.mapping_file))
-                if _identity(other[0]) != _identity(spec):
+                if other[0].identity != spec.identity:
                     raise InstrumentConflict(
-                        f"instrument {spec.name!r} is {_describe(other[0])} in {other[1]} but "
-                        f"{_describe(spec)} in {plan.mapping_file}; one name is one instrument"
+                        f"instrument {spec.name!r} is {other[0].describe()} in {other[1]} but "
+                        f"{spec.describe()} in {plan.mapping_file}; one name is one instrument"
                     )
                 current = self._instruments.get(spec.name)
-                if current is not None and _identity(current.spec) != _identity(spec):
+                if current is not None and current.spec.identity != spec.identity:
                     raise InstrumentConflict(
-                        f"instrument {spec.name!r} would change from {_describe(current.spec)} "
-                        f"to {_describe(spec)}; the OpenTelemetry SDK cannot redefine an "
+                        f"instrument {spec.name!r} would change from {current.spec.describe()} "
+                        f"to {spec.describe()}; the OpenTelemetry SDK cannot redefine an "
                         "instrument in a running process: rename it, or restart the bridge"
                     )
 
@@ -379,12 +379,3 @@ def _exportable(value: float | int) -> float | int:
     if type(value) is int and not -_INT64_MAX <= value <= _INT64_MAX:
         return float(value)
     return value
-
-
-def _identity(spec: InstrumentSpec) -> tuple[Any, ...]:
-    return (spec.kind, spec.unit, spec.mode, spec.buckets)
-
-
-def _describe(spec: InstrumentSpec) -> str:
-    mode = f" ({spec.mode})" if spec.mode else ""
-    return f"{spec.kind}{mode} unit {spec.unit!r}"

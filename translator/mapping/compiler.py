@@ -13,6 +13,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -324,25 +325,45 @@ class _Compiler:
     def instruments(
         self, specs: list[dict[str, Any]], rules: list[MetricRule]
     ) -> tuple[InstrumentSpec, ...]:
-        by_name: dict[str, tuple[int, InstrumentSpec]] = {}
+        by_name: dict[str, InstrumentSpec] = {}
         for rule in rules:
+            where = ("metrics", rule.index, "name")
             spec = InstrumentSpec(
-                rule.name, rule.kind, rule.unit, rule.description, rule.mode, rule.buckets
-            )
-            first = by_name.setdefault(rule.name, (rule.index, spec))
-            if first[1] != spec and not _compatible(first[1], spec):
+                rule.name, rule.kind, rule.unit, rule.description, rule.mode, rule.buckets,
+                declared_at=(rule.index, self.loaded.line_of(where)),
+            )  # fmt: skip
+            first = by_name.setdefault(rule.name, spec)
+            if first.identity != spec.identity:
                 self.problem(
-                    ("metrics", rule.index, "name"),
-                    f"{rule.name!r} is also declared at metrics[{first[0]}] with a different "
-                    "type, unit, mode or buckets; rules of one name feed one instrument and "
-                    "must agree",
+                    where,
+                    f"{rule.name!r} is also declared at metrics[{first.declared_at[0]}] with a "
+                    "different type, unit, mode or buckets; rules of one name feed one "
+                    "instrument and must agree",
                 )
-        return tuple(spec for _, spec in by_name.values())
+            elif not first.description and spec.description:
+                by_name[rule.name] = replace(first, description=spec.description)
+        return tuple(by_name.values())
 
 
-def _compatible(a: InstrumentSpec, b: InstrumentSpec) -> bool:
-    """Rules of one name may differ in description only (the first non-empty one is used)."""
-    return (a.kind, a.unit, a.mode, a.buckets) == (b.kind, b.unit, b.mode, b.buckets)
+def conflicts_between(plans: list[Plan]) -> list[Problem]:
+    """One instrument name must mean one instrument across all mapping files."""
+    problems = []
+    seen: dict[str, tuple[InstrumentSpec, str]] = {}
+    for plan in plans:
+        for spec in plan.instruments:
+            first, file = seen.setdefault(spec.name, (spec, plan.mapping_file))
+            if first.identity != spec.identity:
+                index, line = spec.declared_at
+                problems.append(
+                    Problem(
+                        plan.mapping_file,
+                        line,
+                        f"metrics[{index}].name",
+                        f"{spec.name!r} is {spec.describe()} here but {first.describe()} in "
+                        f"{file}; one name is one instrument across all mapping files",
+                    )
+                )
+    return problems
 
 
 def _enum_key(key: Any) -> str:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from translator.errors import MappingError, Problem
-from translator.mapping.compiler import DEFAULT_SOURCE_PATH, load_plan
+from translator.mapping.compiler import DEFAULT_SOURCE_PATH, conflicts_between, load_plan
 from translator.mapping.plan import Plan
 
 _MAPPING_SUFFIXES = (".yaml", ".yml")
@@ -55,6 +55,7 @@ def load_plans(
             )
         except MappingError as exc:
             problems.extend(exc.problems)
+    problems.extend(conflicts_between(plans))
     if problems:
         raise MappingError(problems)
     return plans

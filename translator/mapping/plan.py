@@ -7,8 +7,9 @@ hot loop reads plain attributes of frozen, slotted dataclasses and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from translator.mapping.paths import Path
 
@@ -128,6 +129,17 @@ class InstrumentSpec:
     description: str
     mode: CounterMode | None
     buckets: tuple[float, ...] | None
+    declared_at: tuple[int, int | None] = field(default=(0, None), compare=False)
+    """(index in ``metrics:``, line) of the first rule of this name, for messages."""
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """What one name must keep everywhere (rules, files, reloads): all but the text."""
+        return (self.kind, self.unit, self.mode, self.buckets)
+
+    def describe(self) -> str:
+        mode = f" ({self.mode})" if self.mode else ""
+        return f"{self.kind}{mode} unit {self.unit!r}"
 
 
 @dataclass(frozen=True, slots=True)
