@@ -305,3 +305,24 @@ def test_validate_reports_one_name_declared_differently_in_two_files(tmp_path: P
     )
     status, _, err = call("run", "--once", "--mapping", str(tmp_path))
     assert status == 2 and "one name is one instrument across all mapping files" in err
+
+
+def test_a_port_already_taken_is_a_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("METRICS_FILE_PATH", str(BRIEF))
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+        monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+        monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(port))
+        status, _, err = call("run", "--once")
+    assert status == 2
+    assert err.endswith(
+        "ml-metrics-bridge: configuration error:\n"
+        f"OTEL_EXPORTER_PROMETHEUS_PORT: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )

@@ -32,6 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from translator import __version__
+from translator.errors import SettingsError
 from translator.selfmetrics import Stats
 from translator.settings import ExportSettings
 
@@ -328,7 +329,13 @@ def _prometheus_reader(settings: ExportSettings, pipeline: Pipeline) -> MetricRe
             completed = pipeline.completed(metrics_data) or metrics_data
             super()._receive_metrics(completed, *args, **kwargs)
 
-    start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
+    try:
+        start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
+    except OSError as exc:
+        where = f"{settings.prometheus_host}:{settings.prometheus_port}"
+        raise SettingsError(
+            [("OTEL_EXPORTER_PROMETHEUS_PORT", f"cannot listen on {where}: {exc.strerror}")]
+        ) from None
     _log.info(
         "serving Prometheus metrics on http://%s:%d/metrics",
         settings.prometheus_host,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from translator.engine import MAX_ATTRIBUTE_CHARS, Evaluation, evaluate_into, utf8_encodable
-from translator.errors import ConfigError, DocumentInvalid, SourceError
+from translator.errors import ConfigError, DocumentInvalid, SettingsError, SourceError
 from translator.export import Pipeline, build_resource
 from translator.health import HealthServer
 from translator.instruments import InstrumentConflict, InstrumentRegistry
@@ -136,7 +136,11 @@ class Bridge:
             exporter = threading.Thread(target=self._export_loop, name="export", daemon=True)
             exporter.start()
             if self.settings.health_port is not None:
-                health = HealthServer(self.settings.health_port, self.health)
+                try:
+                    health = HealthServer(self.settings.health_port, self.health)
+                except OSError as exc:
+                    problem = f"cannot listen on port {self.settings.health_port}: {exc.strerror}"
+                    raise SettingsError([("HEALTH_PORT", problem)]) from None
                 health.start()
                 _log.info("health endpoints on :%d (/healthz, /readyz)", health.port)
         clean = True
