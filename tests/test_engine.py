@@ -170,3 +170,25 @@ def test_any_json_shape_gives_drops_not_exceptions(record: Any) -> None:
     result = evaluate(plan, record)
     assert result.points == []
     assert [d.reason for d in result.drops] == [DropReason.MISSING]
+
+
+def test_equals_does_not_confuse_true_with_1_either_way() -> None:
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: $.v, when: {equals: {path: $.flag, value: true}}}\n"
+        "  - {name: b, type: gauge, path: $.v, when: {equals: {path: $.flag, value: 1}}}\n"
+    )
+    assert [r.name for r, _, _ in evaluate(plan, {"v": 5, "flag": 1}).points] == ["b"]
+    assert [r.name for r, _, _ in evaluate(plan, {"v": 5, "flag": True}).points] == ["a"]
+
+
+def test_enum_map_takes_integer_codes_too() -> None:
+    assert values("  - {name: a, type: gauge, path: $.v, map: {0: 10, 1: 20}}\n", {"v": 1}) == (
+        [20.0],
+        [],
+    )
+
+
+def test_a_nan_attribute_is_refused_since_it_would_make_a_new_series_every_time() -> None:
+    plan = plan_of("  - {name: a, type: gauge, path: $.v, attributes: {lr: {path: $.lr}}}\n")
+    (drop,) = evaluate(plan, {"v": 1, "lr": math.nan}).drops
+    assert (drop.reason, drop.detail) == (DropReason.BAD_ATTRIBUTE, "attribute 'lr': $.lr is nan")

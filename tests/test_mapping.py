@@ -157,8 +157,8 @@ BAD_MAPPINGS = [
         "histogram keeping NaN",
         H + "  - {name: a, type: histogram, path: $.a, buckets: [1], non_finite: keep}\n",
         [
-            "m.yaml:3: metrics[0].non_finite: histograms cannot keep NaN or Infinity (the "
-            "OpenTelemetry SDK refuses such observations); use non_finite: drop"
+            "m.yaml:3: metrics[0].non_finite: a histogram cannot keep NaN or Infinity (a sum or "
+            "a bucket count would be lost for good); use non_finite: drop"
         ],
     ),
     (

@@ -28,7 +28,8 @@ from translator.mapping.plan import (
 #: Attribute strings longer than this are refused: they are almost always a mistake
 #: (a whole log line, a path into the wrong field) and would bloat every export.
 MAX_ATTRIBUTE_CHARS = 1024
-_INT64_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1
+"""OTLP integers are 64-bit: beyond, a value goes out as a double."""
 
 _SCOPE_INDEX = {Scope.ELEMENT: 0, Scope.RECORD: 1, Scope.ROOT: 2}
 
@@ -117,7 +118,7 @@ def _evaluate_element(
     kind = type(raw)
     # The common case first: a finite float, or an int of 64 bits, taken as it is.
     if spec.plain and (
-        (kind is float and raw - raw == 0) or (kind is int and -_INT64_MAX <= raw <= _INT64_MAX)
+        (kind is float and raw - raw == 0) or (kind is int and -INT64_MAX <= raw <= INT64_MAX)
     ):
         value = raw
     else:
@@ -162,14 +163,15 @@ def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
     """The exported number for ``raw``, or why there is none."""
     kind = type(raw)
     value: Number
-    if spec.enum is not None and (kind is str or kind is bool):
-        mapped = spec.enum.get(raw if kind is str else ("true" if raw else "false"))
+    if spec.enum is not None and (kind is str or kind is bool or kind is int):
+        key = raw if kind is str else ("true" if raw else "false") if kind is bool else str(raw)
+        mapped = spec.enum.get(key)
         if mapped is None:
             return DropReason.UNMAPPED
         value = mapped
     elif kind is float or kind is int:
         value = raw
-        if kind is int and not -_INT64_MAX <= raw <= _INT64_MAX:
+        if kind is int and not -INT64_MAX <= raw <= INT64_MAX:
             try:
                 value = float(raw)
             except OverflowError:
@@ -191,7 +193,7 @@ def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
         value = value * spec.scale
     if spec.offset is not None:
         value = value + spec.offset
-    if type(value) is int and not -_INT64_MAX <= value <= _INT64_MAX:
+    if type(value) is int and not -INT64_MAX <= value <= INT64_MAX:
         value = float(value)  # OTLP carries int64; past it, a double (never an overflow)
     if type(value) is float and not math.isfinite(value) and not spec.keep_non_finite:
         return DropReason.NON_FINITE
@@ -225,11 +227,14 @@ def _attributes(
                     DropReason.BAD_ATTRIBUTE, attribute, "is not valid Unicode (a lone surrogate)"
                 )
         elif kind is int:
-            if not -_INT64_MAX <= raw <= _INT64_MAX:
+            if not -INT64_MAX <= raw <= INT64_MAX:
                 raw = str(raw) if len(str(raw)) <= 64 else None
                 if raw is None:
                     return _bad(DropReason.BAD_ATTRIBUTE, attribute, "is an enormous integer")
-        elif kind is not float and kind is not bool:
+        elif kind is float:
+            if raw - raw != 0:  # NaN or infinite: NaN != NaN would make a new series each time
+                return _bad(DropReason.BAD_ATTRIBUTE, attribute, f"is {raw}")
+        elif kind is not bool:
             return _bad(
                 DropReason.BAD_ATTRIBUTE, attribute, f"is a {_json_type(raw)}, not a scalar"
             )
@@ -267,8 +272,8 @@ def _holds(condition: Condition, record: Any) -> bool:
     if condition.equals_path is not None:
         found = condition.equals_path.first(record)
         expected = condition.equals_value
-        if found is MISSING or (type(found) is bool and type(expected) is not bool):
-            return False
+        if found is MISSING or (type(found) is bool) != (type(expected) is bool):
+            return False  # true is not 1, and 1 is not true
         return bool(found == expected)
     return True
 

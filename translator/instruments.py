@@ -41,7 +41,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from translator.engine import AttributeSet, Drop, DropReason, Point
+from translator.engine import INT64_MAX, AttributeSet, Drop, DropReason, Point
 from translator.mapping.plan import CounterMode, InstrumentKind, InstrumentSpec, MetricRule, Plan
 
 _log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class InstrumentRegistry:
         self.check(plans)
         wanted: dict[str, tuple[InstrumentSpec, int]] = {}
         for plan in plans:
-            max_series = plan.rules[0].max_series if plan.rules else 1000
+            max_series = plan.max_series
             for spec in plan.instruments:
                 wanted[spec.name] = (spec, max_series)
         with self._lock:
@@ -370,12 +370,9 @@ def _update(spec: InstrumentSpec, series: _Series, value: float | int) -> None:
         series.value = value
 
 
-_INT64_MAX = 2**63 - 1
-
-
 def _exportable(value: float | int) -> float | int:
     """OTLP carries int64: a sum that grew past it goes out as a double, never an error
     that would fail the whole export."""
-    if type(value) is int and not -_INT64_MAX <= value <= _INT64_MAX:
+    if type(value) is int and not -INT64_MAX <= value <= INT64_MAX:
         return float(value)
     return value

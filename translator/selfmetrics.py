@@ -1,8 +1,8 @@
 """The bridge's own health, exported through the same pipeline as the mapped metrics.
 
-Counts are plain integers bumped on the reading thread and read by observable callbacks
-on the export thread, which copy each dict with ``list(d.items())`` (one step under the
-GIL); no lock is taken on the hot path.
+Counts are plain integers, bumped on the reading thread (exports: on the export thread)
+and read by observable callbacks, which copy each dict with ``list(d.items())`` (one step
+under the GIL); no lock is taken on the hot path.
 """
 
 from __future__ import annotations

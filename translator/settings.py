@@ -7,7 +7,6 @@ network or the metrics files.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Mapping
@@ -16,8 +15,8 @@ from importlib import resources
 from urllib.parse import unquote, urlsplit
 
 from translator.errors import SettingsError
+from translator.mapping.compiler import DEFAULT_SOURCE_PATH
 
-DEFAULT_METRICS_FILE = "/shared/metrics/current.json"
 _EXPORTERS = ("otlp", "console", "prometheus", "none")
 _PROTOCOLS = ("grpc", "http/protobuf")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -144,7 +143,7 @@ def load_settings(
     metrics_file = env.get("METRICS_FILE_PATH")
     settings = Settings(
         mapping_path=mapping,
-        metrics_file_path=metrics_file or DEFAULT_METRICS_FILE,
+        metrics_file_path=metrics_file or DEFAULT_SOURCE_PATH,
         metrics_file_path_set=metrics_file is not None,
         collection_interval_s=env.number("COLLECTION_INTERVAL", 10.0, minimum=0.05, maximum=86400),
         log_level=env.choice("LOG_LEVEL", "INFO", _LEVELS, upper=True),
@@ -262,7 +261,3 @@ def _headers(env: _Reader, name: str) -> dict[str, str]:
             continue
         headers[unquote(key.strip()).lower()] = unquote(value.strip())
     return headers
-
-
-def log_level_number(name: str) -> int:
-    return int(logging.getLevelName(name))

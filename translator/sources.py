@@ -247,7 +247,7 @@ class JsonlSource:
         if not stat.S_ISREG(st.st_mode):
             raise SourceUnavailable(self.path, "is not a regular file (a directory?)")
         if self._fh is not None and st.st_ino != self._inode:
-            # Rotated: drain the old file first; the new one is opened on the next poll.
+            # Rotated: drain the old file first; once it is empty, open the new one.
             drained = self._read_lines()
             if drained is not None:
                 return drained

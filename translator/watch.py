@@ -69,10 +69,6 @@ class Waker:
             else:
                 _log.info("inotify unavailable (%s); polling only", os.strerror(ctypes.get_errno()))
 
-    @property
-    def uses_events(self) -> bool:
-        return self._fd >= 0
-
     def watch(self, files: Iterable[str]) -> None:
         """Watch the directories holding ``files`` (a rename or rewrite shows up there)."""
         if self._fd < 0 or self._libc is None:

@@ -162,7 +162,7 @@ class _Compiler:
         resource = self.attributes(data.get("resource", {}), ("resource",), Scope.ROOT)
         common = self.attributes(data.get("attributes", {}), ("attributes",), Scope.RECORD)
         max_series = data.get("limits", {}).get("max_series_per_metric", 1000)
-        rules = [self.rule(i, spec, common, max_series) for i, spec in enumerate(data["metrics"])]
+        rules = [self.rule(i, spec, common) for i, spec in enumerate(data["metrics"])]
         instruments = self.instruments(data["metrics"], [r for r in rules if r is not None])
         return Plan(
             mapping_file=self.file,
@@ -170,6 +170,7 @@ class _Compiler:
             resource=tuple(resource),
             rules=tuple(r for r in rules if r is not None),
             instruments=instruments,
+            max_series=max_series,
         )
 
     def source(self, spec: dict[str, Any]) -> SourceSpec:
@@ -239,9 +240,7 @@ class _Compiler:
             scope = Scope.ROOT
         return Attribute(key, path=path, scope=scope, default=default)
 
-    def rule(
-        self, index: int, spec: dict[str, Any], common: list[Attribute], max_series: int
-    ) -> MetricRule | None:
+    def rule(self, index: int, spec: dict[str, Any], common: list[Attribute]) -> MetricRule | None:
         where: YamlPath = ("metrics", index)
         kind = InstrumentKind(spec["type"])
         count_before = len(self.problems)
@@ -267,11 +266,13 @@ class _Compiler:
         attributes = self._interned.setdefault(ordered, ordered)
         if "default" in spec and "missing" in spec:
             self.problem((*where, "missing"), "give either 'default' or 'missing', not both")
-        if kind is InstrumentKind.HISTOGRAM and spec.get("non_finite") == "keep":
+        if kind in (InstrumentKind.HISTOGRAM, InstrumentKind.COUNTER) and (
+            spec.get("non_finite") == "keep"
+        ):
             self.problem(
                 (*where, "non_finite"),
-                "histograms cannot keep NaN or Infinity (the OpenTelemetry SDK refuses such "
-                "observations); use non_finite: drop",
+                f"a {kind} cannot keep NaN or Infinity (a sum or a bucket count would be "
+                "lost for good); use non_finite: drop",
             )
         return MetricRule(
             index=index,
@@ -303,7 +304,6 @@ class _Compiler:
                 if all(a.path is None for a in merged.values())
                 else None
             ),
-            max_series=max_series,
             monotonic=kind in (InstrumentKind.COUNTER, InstrumentKind.HISTOGRAM),
             attributes_id=id(attributes),
         )

@@ -72,7 +72,7 @@ def _validate_in_child(path: str) -> bool:
             [sys.executable, "-m", "translator", "validate", path],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=30,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):

@@ -99,7 +99,6 @@ class MetricRule:
     """The attribute set itself when every attribute is known at compile time, else None."""
     record_level_attributes: bool
     """No attribute depends on the for_each element: one resolution serves the record."""
-    max_series: int
     monotonic: bool = False
     """Values must not be negative: counters and (in the OpenTelemetry SDK) histograms."""
     attributes_id: int = 0
@@ -149,6 +148,8 @@ class Plan:
     resource: tuple[Attribute, ...]
     rules: tuple[MetricRule, ...]
     instruments: tuple[InstrumentSpec, ...]
+    max_series: int = 1000
+    """limits.max_series_per_metric: the cardinality guard of every instrument here."""
 
     @property
     def needs_document_for_resource(self) -> bool:
