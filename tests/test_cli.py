@@ -162,6 +162,9 @@ def test_preview_table_reports_series_per_metric() -> None:
             "OTEL_EXPORTER_OTLP_TIMEOUT: '0' is not a number of milliseconds between 1 and 600000",
         ),
         ("LOG_FORMAT", "xml", "LOG_FORMAT: 'xml' is not one of: text, json"),
+        ("STATE_DIR", "/nope/state", "STATE_DIR: '/nope/state' is not a directory this process can write to"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "-5", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: '-5' is not a number of milliseconds between 1 and 600000"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/hostname", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: mutual TLS needs both the client certificate and OTEL_EXPORTER_OTLP_CLIENT_KEY"),
     ],
 )
 def test_bad_setting_exits_2_naming_the_variable(

@@ -356,7 +356,7 @@ def test_an_invalid_utf8_json_line_is_skipped_and_reported_the_others_are_read(
     assert snapshot is not None
     assert snapshot.records == [{"v": 1}, {"v": 3}]
     [error] = snapshot.errors
-    assert re.search(r"\bline 2\b.* is not JSON \(not UTF-8 \(byte 7\)\); skipped$", error), error
+    assert re.search(r"^the line at byte 9 is not JSON \(not UTF-8 \(byte 7\)\); skipped$", error), error
 
 
 # --- a JSON "bomb" --------------------------------------------------------------------------

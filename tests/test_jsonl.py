@@ -159,4 +159,6 @@ def test_a_line_over_the_cap_is_skipped_whole_and_reported(tmp_path: Path) -> No
         errors += snapshot.errors
         records += [r["i"] for r in snapshot.records]
     assert records == [1, 3]
-    assert errors == ["a line after byte 0 is 519 bytes, over the cap; skipped"]
+    assert errors == [
+        "the line at byte 9 is 519 bytes, over the 100-byte cap (source.max_bytes); skipped"
+    ]

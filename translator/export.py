@@ -134,7 +134,8 @@ class _ObservedExporter(MetricExporter):
         return bool(self._inner.force_flush(timeout_millis=timeout_millis))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self._inner.shutdown(timeout_millis=timeout_millis)
+        # The SDK's reader passes `timeout=` (milliseconds) rather than `timeout_millis=`.
+        self._inner.shutdown(timeout_millis=kwargs.get("timeout", timeout_millis))
 
 
 class CompactConsoleExporter(MetricExporter):

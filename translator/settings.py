@@ -116,6 +116,22 @@ class _Reader:
         self.bad(name, f"{raw!r} is not true or false")
         return None
 
+    def signal_or_generic_file(self, suffix: str) -> str | None:
+        """OTEL_EXPORTER_OTLP_METRICS_<suffix> when set, else OTEL_EXPORTER_OTLP_<suffix>."""
+        specific = f"OTEL_EXPORTER_OTLP_METRICS_{suffix}"
+        if self.get(specific) is not None:
+            return self.readable_file(specific)
+        return self.readable_file(f"OTEL_EXPORTER_OTLP_{suffix}")
+
+    def writable_directory(self, name: str) -> str | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        if not os.path.isdir(raw) or not os.access(raw, os.W_OK | os.X_OK):
+            self.bad(name, f"{raw!r} is not a directory this process can write to")
+            return None
+        return raw
+
     def readable_file(self, name: str) -> str | None:
         raw = self.get(name)
         if raw is None:
@@ -149,7 +165,7 @@ def load_settings(
         log_level=env.choice("LOG_LEVEL", "INFO", _LEVELS, upper=True),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         health_port=env.port("HEALTH_PORT"),
-        state_dir=env.get("STATE_DIR"),
+        state_dir=env.writable_directory("STATE_DIR"),
         export=_export_settings(env),
     )
     if env.problems:
@@ -162,9 +178,7 @@ def _export_settings(env: _Reader) -> ExportSettings:
     protocol = env.choice("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "", _PROTOCOLS) or env.choice(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", _PROTOCOLS
     )
-    certificate = env.readable_file("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE") or env.readable_file(
-        "OTEL_EXPORTER_OTLP_CERTIFICATE"
-    )
+    certificate = env.signal_or_generic_file("CERTIFICATE")
     insecure_flag = env.boolean("OTEL_EXPORTER_OTLP_METRICS_INSECURE")
     if insecure_flag is None:
         insecure_flag = env.boolean("OTEL_EXPORTER_OTLP_INSECURE")
@@ -172,9 +186,17 @@ def _export_settings(env: _Reader) -> ExportSettings:
     headers = _headers(env, "OTEL_EXPORTER_OTLP_HEADERS") | _headers(
         env, "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
     )
-    timeout_ms = env.number(
-        "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, minimum=1, maximum=600_000, unit="milliseconds"
-    )
+    timeout_name = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"
+    if env.get(timeout_name) is None:
+        timeout_name = "OTEL_EXPORTER_OTLP_TIMEOUT"
+    timeout_ms = env.number(timeout_name, 10_000, minimum=1, maximum=600_000, unit="milliseconds")
+    client_certificate = env.signal_or_generic_file("CLIENT_CERTIFICATE")
+    client_key = env.signal_or_generic_file("CLIENT_KEY")
+    if (client_certificate is None) != (client_key is None):
+        env.bad(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "mutual TLS needs both the client certificate and OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        )
     return ExportSettings(
         exporters=exporters,
         protocol=protocol,
@@ -182,8 +204,8 @@ def _export_settings(env: _Reader) -> ExportSettings:
         insecure=insecure,
         headers=headers,
         certificate_file=certificate,
-        client_certificate_file=env.readable_file("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
-        client_key_file=env.readable_file("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        client_certificate_file=client_certificate,
+        client_key_file=client_key,
         timeout_s=timeout_ms / 1000,
         prometheus_host=env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost",
         prometheus_port=env.port("OTEL_EXPORTER_PROMETHEUS_PORT") or 9464,

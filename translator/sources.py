@@ -323,18 +323,21 @@ class JsonlSource:
         if len(self._head) < _HEAD_BYTES and self._offset > len(self._head):
             self._head = os.pread(fh.fileno(), min(_HEAD_BYTES, self._offset), 0)
         records = []
-        for number, line in enumerate(data[: cut + 1].split(b"\n")[:-1], start=1):
+        line_start = start
+        for line in data[: cut + 1].split(b"\n")[:-1]:
+            at, line_start = line_start, line_start + len(line) + 1
             if not line.strip():
                 continue
             if len(line) > cap:
                 errors.append(
-                    f"a line after byte {start} is {len(line)} bytes, over the cap; skipped"
+                    f"the line at byte {at} is {len(line)} bytes, over the {cap}-byte cap "
+                    "(source.max_bytes); skipped"
                 )
                 continue
             try:
                 records.append(parse_json(line))
             except ValueError as exc:
-                errors.append(f"line {number} after byte {start} is not JSON ({exc}); skipped")
+                errors.append(f"the line at byte {at} is not JSON ({exc}); skipped")
         return self._snapshot(records, errors, more=len(data) >= JSONL_CHUNK_BYTES)
 
     def _snapshot(self, records: list[Any], errors: list[str], *, more: bool) -> Snapshot:
