@@ -391,6 +391,8 @@ class Bridge:
                     self._registry.forget(tracked.key)
         if self._registry is not None:
             self._registry.install(plans)
+        if [p.resource for p in plans] != [p.resource for p in self.plans]:
+            _log.warning("mapping reload: resource: changes take effect at the next restart")
         self._jobs = jobs
         self.stats.reloads["success"] += 1
         _log.info(
