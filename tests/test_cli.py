@@ -329,3 +329,20 @@ def test_a_port_already_taken_is_a_configuration_error_naming_the_variable(
         "ml-metrics-bridge: configuration error:\n"
         f"OTEL_EXPORTER_PROMETHEUS_PORT: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     )
+
+
+def test_validate_json_lists_problem_objects_for_tools(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('version: 1\nattributes:\n  "my key": {envv: x}\nmetrics: []\n')
+    status, out, _ = call("validate", "--format", "json", str(bad))
+    assert status == 2
+    assert json.loads(out) == [
+        {
+            "file": str(bad),
+            "line": 3,
+            "yaml_path": 'attributes["my key"]',
+            "message": "an attribute is a string, number or boolean, or a mapping with exactly "
+            "one of 'value', 'env', 'path', 'root_path' (and optionally 'default')",
+        },
+        {"file": str(bad), "line": 4, "yaml_path": "metrics", "message": "[] should be non-empty"},
+    ]

@@ -7,6 +7,7 @@ Exit status: 0 success, 1 a run that could not deliver (``--once``), 2 bad confi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 from translator import __version__
 from translator.engine import Evaluation, evaluate_into
-from translator.errors import ConfigError, MappingError, SourceError
+from translator.errors import ConfigError, MappingError, Problem, SourceError
 from translator.logs import configure as configure_logging
 from translator.mapping import Plan, load_plan, load_plans, mapping_files
 from translator.mapping.compiler import conflicts_between
@@ -67,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("validate", help="load and compile mapping files; report every error")
     p.add_argument("paths", nargs="+", metavar="PATH", help="mapping files or directories")
+    p.add_argument(
+        "--format", choices=("text", "json"), default="text",
+        help="text: PATH:LINE: yaml.path: message lines; json: a list of problem objects",
+    )  # fmt: skip
     p.set_defaults(handler=_validate)
 
     p = commands.add_parser("preview", help="show the data points one read of INPUT gives")
@@ -150,25 +155,26 @@ class _AnyEnvironment(Mapping[str, str]):
 
 def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     files = [f for path in args.paths for f in mapping_files(path)]
-    bad = 0
+    problems: list[Problem] = []
     for path in args.paths:  # the files of one path are loaded together by the sidecar
         plans = []
         for file in mapping_files(path):
             try:
                 plans.append(load_plan(file, environ=_AnyEnvironment()))
             except MappingError as exc:
-                bad += 1
-                for problem in exc.problems:
-                    stdout.write(f"{problem}\n")
-        for problem in conflicts_between(plans):
-            bad += 1
-            stdout.write(f"{problem}\n")
+                problems.extend(exc.problems)
+        problems.extend(conflicts_between(plans))
+    if args.format == "json":
+        json.dump([dataclasses.asdict(p) for p in problems], stdout)
+        stdout.write("\n")
+    else:
+        stdout.writelines(f"{problem}\n" for problem in problems)
     if not files:
         stderr.write("no mapping files found in: " + ", ".join(args.paths) + "\n")
         return EXIT_CONFIG
-    summary = f"{len(files) - bad} of {len(files)} mapping file(s) valid"
-    stderr.write(summary + "\n")
-    return EXIT_CONFIG if bad else EXIT_OK
+    bad = len({p.file for p in problems})
+    stderr.write(f"{len(files) - bad} of {len(files)} mapping file(s) valid\n")
+    return EXIT_CONFIG if problems else EXIT_OK
 
 
 # --- preview ------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ compile that follows, in-process, does every other check.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 
@@ -61,34 +61,20 @@ def load_plans(
     return plans
 
 
-_REPORT_LINE = re.compile(r"^(?P<file>.+?):(?:(?P<line>\d+):)? (?P<path>\S+): (?P<message>.*)$")
-
-
 def _validate_in_child(path: str) -> bool:
-    """Run ``validate PATH`` in a child process. True: valid; MappingError: its problems;
-    False: the child could not run, so the caller validates in-process instead."""
+    """Run ``validate --format json PATH`` in a child process. True: valid; MappingError:
+    its problems; False: the child could not run, so the caller validates in-process."""
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "translator", "validate", path],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+            [sys.executable, "-m", "translator", "validate", "--format", "json", path],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        reported = json.loads(result.stdout)
+        problems = [Problem(**entry) for entry in reported]
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError):
         return False
-    if result.returncode == 0:
+    if result.returncode == 0 and not problems:
         return True
-    problems = []
-    for line in result.stdout.splitlines():
-        match = _REPORT_LINE.match(line)
-        if match is None:
-            return False
-        number = match["line"]
-        path_text = "" if match["path"] == "(document)" else match["path"]
-        problems.append(
-            Problem(match["file"], int(number) if number else None, path_text, match["message"])
-        )
     if result.returncode != 2 or not problems:
         return False
     raise MappingError(problems)
