@@ -306,3 +306,15 @@ def test_environment_attributes_are_resolved_at_compile_time() -> None:
         environ={"POD": "p-1"},
     )
     assert plan.rules[0].constants == (("pod", "p-1"), ("zone", "z1"))
+
+
+def test_exponent_numbers_are_numbers_where_numbers_go_and_text_elsewhere() -> None:
+    plan = compile_mapping(
+        "version: 1\nmetrics:\n"
+        "  - {name: a, type: histogram, path: $.a, scale: 1e-3, buckets: [1e-3, 1e2],"
+        " description: 1e5}\n",
+        "m.yaml",
+        environ={},
+    )
+    (rule,) = plan.rules
+    assert (rule.value.scale, rule.buckets, rule.description) == (0.001, (0.001, 100.0), "1e5")

@@ -26,6 +26,19 @@ YamlPath = tuple[str | int, ...]
 
 _YAML12_FLOAT = re.compile(r"^[-+]?(?:\.\d+|\d+(?:\.\d*)?)[eE][-+]?\d+$")
 
+#: Where the mapping language takes numbers: only there does an unquoted `1e-3` (a string
+#: to YAML 1.1) become the number people mean; a description "1e5" stays text.
+_NUMERIC_KEYS = frozenset(
+    {"scale", "offset", "default", "value", "stale_after_s", "max_bytes", "max_series_per_metric"}
+)
+_NUMERIC_LISTS_AND_MAPS = frozenset({"buckets", "map"})
+
+
+def _numeric_place(path: YamlPath) -> bool:
+    if path and path[-1] in _NUMERIC_KEYS:
+        return True
+    return len(path) >= 2 and path[-2] in _NUMERIC_LISTS_AND_MAPS
+
 
 def format_path(path: YamlPath) -> str:
     """``('metrics', 2, 'unit')`` -> ``metrics[2].unit``; odd keys are quoted."""
@@ -81,7 +94,12 @@ class _Builder:
                 self.problem(node, path, f"YAML tag {node.tag!r} is not allowed; use a plain value")
                 return None
             value = self._scalars.construct_object(node)
-            if node.style is None and isinstance(value, str) and _YAML12_FLOAT.match(value):
+            if (
+                node.style is None
+                and isinstance(value, str)
+                and _YAML12_FLOAT.match(value)
+                and _numeric_place(path)
+            ):
                 return float(value)  # YAML 1.1 reads `1e-3` as a string; people mean a number
             return value
         if isinstance(node, yaml.SequenceNode):
