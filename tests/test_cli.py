@@ -346,3 +346,21 @@ def test_validate_json_lists_problem_objects_for_tools(tmp_path: Path) -> None:
         },
         {"file": str(bad), "line": 4, "yaml_path": "metrics", "message": "[] should be non-empty"},
     ]
+
+
+def test_resource_attributes_from_the_document_that_otlp_cannot_carry_fall_back_to_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "version: 1\nresource:\n  run.id: {path: $.run, default: unknown}\n"
+        "metrics:\n  - {name: a, type: gauge, path: $.a}\n"
+    )
+    doc = tmp_path / "m.json"
+    # NaN sends the document to the standard parser, which keeps the integer exact.
+    doc.write_text('{"a": 1, "run": 100000000000000000000000, "x": NaN}')
+    monkeypatch.setenv("METRICS_FILE_PATH", str(doc))
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    status, out, err = call("run", "--once", "--mapping", str(mapping))
+    assert status == 0, err
+    assert "run.id=unknown" in out

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from translator.engine import MAX_ATTRIBUTE_CHARS, Evaluation, evaluate_into, utf8_encodable
+from translator.engine import (
+    INT64_MAX,
+    MAX_ATTRIBUTE_CHARS,
+    Evaluation,
+    evaluate_into,
+    utf8_encodable,
+)
 from translator.errors import ConfigError, DocumentInvalid, SettingsError, SourceError
 from translator.export import Pipeline, build_resource
 from translator.health import HealthServer
@@ -487,7 +493,11 @@ def _reading(plan: Plan) -> tuple[Any, ...]:
 def _usable_resource_value(value: Any) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_ATTRIBUTE_CHARS and (value.isascii() or utf8_encodable(value))
-    return type(value) in (int, float, bool)
+    if type(value) is int:
+        return -INT64_MAX <= value <= INT64_MAX  # past it, every export would fail
+    if type(value) is float:
+        return value - value == 0
+    return type(value) is bool
 
 
 class _MappingWatch:
