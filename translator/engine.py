@@ -214,32 +214,34 @@ def _attributes(
             if attribute.default is None:
                 return _bad(DropReason.MISSING_ATTRIBUTE, attribute, "selects nothing")
             raw = attribute.default
-        kind = type(raw)
-        if kind is str:
-            if len(raw) > MAX_ATTRIBUTE_CHARS:
-                return _bad(
-                    DropReason.BAD_ATTRIBUTE,
-                    attribute,
-                    f"is {len(raw)} characters long (limit {MAX_ATTRIBUTE_CHARS})",
-                )
-            if not raw.isascii() and not utf8_encodable(raw):
-                return _bad(
-                    DropReason.BAD_ATTRIBUTE, attribute, "is not valid Unicode (a lone surrogate)"
-                )
-        elif kind is int:
-            if not -INT64_MAX <= raw <= INT64_MAX:
-                raw = str(raw) if len(str(raw)) <= 64 else None
-                if raw is None:
-                    return _bad(DropReason.BAD_ATTRIBUTE, attribute, "is an enormous integer")
-        elif kind is float:
-            if raw - raw != 0:  # NaN or infinite: NaN != NaN would make a new series each time
-                return _bad(DropReason.BAD_ATTRIBUTE, attribute, f"is {raw}")
-        elif kind is not bool:
-            return _bad(
-                DropReason.BAD_ATTRIBUTE, attribute, f"is a {_json_type(raw)}, not a scalar"
-            )
-        out.append((attribute.key, raw))
+        value, problem = exportable_attribute(raw)
+        if problem:
+            return _bad(DropReason.BAD_ATTRIBUTE, attribute, problem)
+        out.append((attribute.key, value))
     return tuple(out)  # type: ignore[arg-type]
+
+
+def exportable_attribute(raw: Any) -> tuple[AttributeValue | None, str]:
+    """``(value, "")`` for a JSON value OTLP can carry as an attribute, else
+    ``(None, what is wrong with it)``. Used for data-point and resource attributes."""
+    kind = type(raw)
+    if kind is str:
+        if len(raw) > MAX_ATTRIBUTE_CHARS:
+            return None, f"is {len(raw)} characters long (limit {MAX_ATTRIBUTE_CHARS})"
+        if not raw.isascii() and not _utf8_encodable(raw):
+            return None, "is not valid Unicode (a lone surrogate)"
+    elif kind is int:
+        if not -INT64_MAX <= raw <= INT64_MAX:  # past int64 OTLP would fail the whole export
+            text = str(raw) if raw.bit_length() < 213 else ""  # cheap bound before str()
+            if not text or len(text) > 64:
+                return None, "is an enormous integer"
+            return text, ""
+    elif kind is float:
+        if raw - raw != 0:  # NaN or infinite: NaN != NaN would make a new series each time
+            return None, f"is {raw}"
+    elif kind is not bool:
+        return None, f"is a {_json_type(raw)}, not a scalar"
+    return raw, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +257,7 @@ def _bad(reason: DropReason, attribute: Attribute, what: str) -> _Refused:
     return _Refused(reason, f"attribute {attribute.key!r}: {path} {what}")
 
 
-def utf8_encodable(text: str) -> bool:
+def _utf8_encodable(text: str) -> bool:
     """OTLP strings are UTF-8; JSON's "\\ud800" escape makes a str that UTF-8 cannot hold."""
     try:
         text.encode("utf-8")

@@ -19,13 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from translator.engine import (
-    INT64_MAX,
-    MAX_ATTRIBUTE_CHARS,
-    Evaluation,
-    evaluate_into,
-    utf8_encodable,
-)
+from translator.engine import Evaluation, evaluate_into, exportable_attribute
 from translator.errors import ConfigError, DocumentInvalid, SettingsError, SourceError
 from translator.export import Pipeline, build_resource
 from translator.health import HealthServer
@@ -417,9 +411,10 @@ class Bridge:
                 if attribute.path is None:
                     attributes[attribute.key] = attribute.constant
                 else:
-                    value = attribute.path.first(document) if document is not None else MISSING
-                    if not _usable_resource_value(value):
-                        value = attribute.default
+                    found = attribute.path.first(document) if document is not None else MISSING
+                    value, problem = exportable_attribute(found)
+                    if found is MISSING or problem or value is not found:
+                        value = attribute.default  # also for an integer it would turn to text
                     if value is not None:
                         attributes[attribute.key] = value
         self._pipeline = Pipeline(
@@ -488,16 +483,6 @@ def _reading(plan: Plan) -> tuple[Any, ...]:
         spec.records.text if spec.records else None,
         tuple(p.text for p in spec.record_key),
     )
-
-
-def _usable_resource_value(value: Any) -> bool:
-    if isinstance(value, str):
-        return len(value) <= MAX_ATTRIBUTE_CHARS and (value.isascii() or utf8_encodable(value))
-    if type(value) is int:
-        return -INT64_MAX <= value <= INT64_MAX  # past it, every export would fail
-    if type(value) is float:
-        return value - value == 0
-    return type(value) is bool
 
 
 class _MappingWatch:

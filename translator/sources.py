@@ -95,14 +95,7 @@ class DocumentSource:
     def poll(self) -> Snapshot | None:
         """The new version of the document, or None when there is nothing new."""
         started_ns = time.time_ns()
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise SourceMissing(self.path, "does not exist (yet)") from None
-        except OSError as exc:
-            raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceUnavailable(self.path, "is not a regular file (a directory?)")
+        st = _stat_file(self.path)
         fingerprint = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if fingerprint == self._fingerprint and self._checked_ns - st.st_mtime_ns > _RACY_WINDOW_NS:
             return None
@@ -234,18 +227,14 @@ class JsonlSource:
 
     def poll(self) -> Snapshot | None:
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+            st = _stat_file(self.path)
+        except SourceMissing:
             if self._fh is not None:  # renamed away: finish what the old file still holds
                 drained = self._read_lines()
                 if drained is not None:
                     return drained
                 self.close()
-            raise SourceMissing(self.path, "does not exist (yet)") from None
-        except OSError as exc:
-            raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceUnavailable(self.path, "is not a regular file (a directory?)")
+            raise
         if self._fh is not None and st.st_ino != self._inode:
             # Rotated: drain the old file first; once it is empty, open the new one.
             drained = self._read_lines()
@@ -266,7 +255,7 @@ class JsonlSource:
         try:
             self._fh = open(self.path, "rb")  # noqa: SIM115 -- kept open across polls on purpose
         except OSError as exc:
-            raise SourceUnavailable(self.path, f"cannot be read: {exc.strerror}") from None
+            raise _read_error(self.path, exc) from None
         self._inode = os.fstat(self._fh.fileno()).st_ino
         self._offset, self._head, self._skipping = 0, b"", False
         if self._resume is not None:
@@ -364,29 +353,37 @@ def _checkpoint_file(state_dir: str, path: str) -> str:
     return os.path.join(state_dir, f"jsonl-{digest}.json")
 
 
+def _stat_file(path: str) -> os.stat_result:
+    """stat() a source; raise the SourceError a person needs when it is not a readable file."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceUnavailable(path, _NOT_A_FILE)
+    return st
+
+
 def _read_capped(path: str, cap: int) -> bytes:
     try:
         with open(path, "rb") as fh:
             data = fh.read(cap + 1)
-    except IsADirectoryError:
-        raise SourceUnavailable(path, "is not a regular file (a directory?)") from None
-    except FileNotFoundError:
-        raise SourceMissing(path, "does not exist (yet)") from None
     except OSError as exc:
-        raise SourceUnavailable(path, f"cannot be read: {exc.strerror}") from None
+        raise _read_error(path, exc) from None
     if len(data) > cap:
         raise SourceUnavailable(path, f"grew past the {cap}-byte cap (source.max_bytes)")
     return data
 
 
-__all__ = [
-    "DocumentSource",
-    "JsonlSource",
-    "Snapshot",
-    "SourceError",
-    "SourceMissing",
-    "parse_json",
-]
+_NOT_A_FILE = "is not a regular file (a directory?)"
+
+
+def _read_error(path: str, exc: OSError) -> SourceError:
+    if isinstance(exc, FileNotFoundError):
+        return SourceMissing(path, "does not exist (yet)")
+    if isinstance(exc, IsADirectoryError):
+        return SourceUnavailable(path, _NOT_A_FILE)
+    return SourceUnavailable(path, f"cannot be read: {exc.strerror}")
 
 
 _NAMED_PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
@@ -432,3 +429,14 @@ class PathPattern:
         if match is None:
             return ()
         return tuple(sorted((name, match.group(f"g{i}")) for i, name in enumerate(self.names)))
+
+
+__all__ = [
+    "DocumentSource",
+    "JsonlSource",
+    "PathPattern",
+    "Snapshot",
+    "SourceError",
+    "SourceMissing",
+    "parse_json",
+]
