@@ -1,6 +1,7 @@
 # Deployment targets, included by the top-level Makefile (`include deploy.mk`).
 # Docker stack: dev-up, verify, logs-*, dev-down, clean. Cluster: k8s-deploy, k8s-delete,
-# k8s-logs-sidecar. Every variable can be overridden: make verify PROM_URL=http://host:9090
+# k8s-logs-sidecar (the training Job's part), k8s-deploy-monitoring, k8s-delete-monitoring
+# (the optional collector and Prometheus), k8s-deploy-dashboard (the Grafana ConfigMap). Every variable can be overridden: make verify PROM_URL=http://host:9090
 
 # Including this file must not change the including Makefile's default goal.
 _deploy_mk_default_goal := $(.DEFAULT_GOAL)
@@ -13,11 +14,15 @@ IMAGE ?= ml-metrics-bridge:dev
 PROM_URL ?= http://localhost:9090
 # How long `verify` waits for the first points (collection interval + scrape interval).
 VERIFY_WAIT_S ?= 90
-K8S_DIR ?= k8s/
+# The training Job's part: what a team applies on the platform (see k8s/kustomization.yaml).
+K8S_DIR ?= k8s/training-job/
+K8S_MONITORING_DIR ?= k8s/monitoring/
+K8S_DASHBOARD_DIR ?= k8s/grafana-dashboard/
 K8S_NAMESPACE ?= ml-training
 
 .PHONY: dev-up dev-down verify build-python logs-sidecar-python logs-ml logs-collector \
-	logs-all clean deploy-clean k8s-deploy k8s-delete k8s-logs-sidecar
+	logs-all clean deploy-clean k8s-deploy k8s-delete k8s-logs-sidecar \
+	k8s-deploy-monitoring k8s-delete-monitoring k8s-deploy-dashboard
 
 dev-up: ## Build the bridge image and start the demo stack in the background
 	$(COMPOSE) up --detach --build
@@ -53,11 +58,20 @@ clean: deploy-clean
 deploy-clean: ## Stop the demo stack and delete its volumes (metrics, Prometheus, Grafana data)
 	$(COMPOSE) down --volumes --remove-orphans
 
-k8s-deploy: ## Apply the manifests in k8s/ (namespace ml-training)
+k8s-deploy: ## Apply the training Job's part, k8s/training-job/ (namespace ml-training)
 	$(KUBECTL) apply -k $(K8S_DIR)
 
 k8s-delete: ## Delete everything k8s-deploy created
 	$(KUBECTL) delete -k $(K8S_DIR) --ignore-not-found
+
+k8s-deploy-monitoring: ## Only on a cluster without a platform collector: k8s/monitoring/
+	$(KUBECTL) apply -k $(K8S_MONITORING_DIR)
+
+k8s-delete-monitoring: ## Delete what k8s-deploy-monitoring created (namespace monitoring too)
+	$(KUBECTL) delete -k $(K8S_MONITORING_DIR) --ignore-not-found
+
+k8s-deploy-dashboard: ## The Grafana dashboard ConfigMap for a platform Grafana's sidecar
+	$(KUBECTL) apply -k $(K8S_DASHBOARD_DIR)
 
 k8s-logs-sidecar: ## Follow the bridge sidecar's logs in the training Job
 	$(KUBECTL) logs --namespace $(K8S_NAMESPACE) job/ml-training --container ml-metrics-bridge --follow

@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Console scripts installed by pip into the interpreter running pytest (a venv or not).
 SCRIPTS_DIR = Path(sys.executable).parent
 NAMESPACE = "ml-training"
+MONITORING = "monitoring"
+# The kustomizations under k8s/: the Job's part (what a team applies on the platform), the
+# optional monitoring stack, the dashboard ConfigMap, and k8s/ itself rendering all three.
+K8S_PARTS = ("k8s/training-job", "k8s/monitoring", "k8s/grafana-dashboard", "k8s/")
+PLATFORM_COLLECTOR = "otel-collector.monitoring.svc.cluster.local:4317"
 BRIDGE = "ml-metrics-bridge"
 TOOL_TIMEOUT_S = 120
 
@@ -59,13 +64,25 @@ def _explain(result: subprocess.CompletedProcess[str]) -> str:
 # --------------------------------------------------------------------------- Kubernetes
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
-    result = _run(_tool("kubectl"), "kustomize", "k8s/")
+def _render(directory: str, into: Path) -> tuple[Path, list[dict[str, Any]]]:
+    result = _run(_tool("kubectl"), "kustomize", directory)
     assert result.returncode == 0, _explain(result)
-    path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
+    into.mkdir(parents=True, exist_ok=True)
+    path = into / "rendered.yaml"
     path.write_text(result.stdout)
     return path, [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    return _render("k8s/", tmp_path_factory.mktemp("k8s"))
+
+
+@pytest.fixture(scope="module", params=K8S_PARTS)
+def rendered_part(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[dict[str, Any]]]:
+    return _render(request.param, tmp_path_factory.mktemp("k8s-part"))
 
 
 def _one(docs: Sequence[dict[str, Any]], kind: str, name_prefix: str) -> dict[str, Any]:
@@ -86,29 +103,76 @@ def _sidecar(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return sidecar
 
 
-def test_kustomize_renders_the_whole_stack_into_one_namespace(
+def _names(docs: Sequence[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"].split("-config-")[0])
+        for d in docs
+        if d["kind"] != "NetworkPolicy"
+    }
+
+
+def test_kustomize_renders_the_job_part_and_the_monitoring_part_into_their_namespaces(
+    tmp_path: Path,
+) -> None:
+    _, job = _render("k8s/training-job", tmp_path / "job")
+    assert _names(job) == {
+        ("Namespace", "", NAMESPACE),
+        ("ConfigMap", NAMESPACE, "ml-metrics-bridge-mappings"),
+        ("Job", NAMESPACE, "ml-training"),
+    }
+    _, monitoring = _render("k8s/monitoring", tmp_path / "monitoring")
+    assert _names(monitoring) == {
+        ("Namespace", "", MONITORING),
+        ("ConfigMap", MONITORING, "otel-collector"),
+        ("ConfigMap", MONITORING, "prometheus"),
+        ("Service", MONITORING, "otel-collector"),
+        ("Service", MONITORING, "prometheus"),
+        ("Deployment", MONITORING, "otel-collector"),
+        ("Deployment", MONITORING, "prometheus"),
+    }
+    _, dashboard = _render("k8s/grafana-dashboard", tmp_path / "dashboard")
+    assert _names(dashboard) == {("ConfigMap", MONITORING, "ml-training-dashboard")}
+    # k8s/ renders the three parts together, unchanged.
+    _, everything = _render("k8s/", tmp_path / "all")
+    assert sorted(map(json.dumps, everything)) == sorted(
+        map(json.dumps, job + monitoring + dashboard)
+    )
+
+
+def test_sidecar_exports_to_the_platform_collector_by_its_full_dns_name(
     rendered: tuple[Path, list[dict[str, Any]]],
 ) -> None:
     _, docs = rendered
-    assert [d["kind"] for d in docs].count("ConfigMap") == 3
-    assert {(d["kind"], d["metadata"]["name"]) for d in docs} >= {
-        ("Namespace", NAMESPACE),
-        ("ConfigMap", "ml-metrics-bridge-mappings"),
-        ("Service", "otel-collector"),
-        ("Service", "prometheus"),
-        ("Deployment", "otel-collector"),
-        ("Deployment", "prometheus"),
-        ("Job", "ml-training"),
-    }
-    for doc in docs:
-        if doc["kind"] != "Namespace":
-            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+    values = {e["name"]: e.get("value") for e in _sidecar(docs)["env"]}
+    endpoint = values["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == PLATFORM_COLLECTOR
+    # The monitoring part's collector answers to that very name and port.
+    service = _one(docs, "Service", "otel-collector")
+    host, port = endpoint.rsplit(":", 1)
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert host == f"{name}.{namespace}.svc.cluster.local"
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    # Scheme-less means plaintext gRPC in the bridge's settings (README), as the platform
+    # collector's in-cluster OTLP port is; no variable switches TLS on behind its back.
+    assert "://" not in endpoint
+    assert "OTEL_EXPORTER_OTLP_INSECURE" not in values
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" not in values
+    # Prometheus in the monitoring part scrapes the collector's exporter port in its namespace.
+    prometheus_config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = [
+        target
+        for job in prometheus_config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    ]
+    assert "otel-collector:8889" in targets
+    assert _one(docs, "Deployment", "prometheus")["metadata"]["namespace"] == namespace
 
 
 def test_every_rendered_document_validates_strictly_against_kubernetes_1_33(
-    rendered: tuple[Path, list[dict[str, Any]]],
+    rendered_part: tuple[Path, list[dict[str, Any]]],
 ) -> None:
-    path, docs = rendered
+    path, docs = rendered_part
     result = _run(_tool("kubernetes-validate"), "--strict", "-k", "1.33.0", str(path))
     assert result.returncode == 0, _explain(result)
     # One verdict per document: a multi-document file must not be read as its first one.
@@ -177,7 +241,7 @@ def test_sidecar_environment_matches_compose_and_carries_k8s_resource_attributes
     _, docs = rendered
     env: list[dict[str, Any]] = _sidecar(docs)["env"]
     values: dict[str, Any] = {e["name"]: e.get("value") for e in env}
-    assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "otel-collector:4317"
+    assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == PLATFORM_COLLECTOR
     assert values["OTEL_SERVICE_NAME"] == "ml-training-sidecar"
     assert values["METRICS_FILE_PATH"] == "/shared/metrics/current.json"
     assert values["MAPPING_PATH"] == "/etc/ml-metrics-bridge/mappings/ml-training.yaml"
@@ -259,6 +323,23 @@ def test_k8s_configs_are_generated_from_the_files_compose_mounts(
     # The hashed name is referenced, so a config change rolls the Deployment.
     assert referenced == [generated["metadata"]["name"]]
     assert len(generated["metadata"]["name"]) > len(configmap)
+
+
+def test_dashboard_configmap_is_generated_from_the_dashboard_file_for_a_grafana_sidecar(
+    tmp_path: Path,
+) -> None:
+    _, docs = _render("k8s/grafana-dashboard", tmp_path)
+    configmap = _one(docs, "ConfigMap", "ml-training-dashboard")
+    # The file compose's Grafana provisions, byte for byte: renaming a metric there renames
+    # it here.
+    source = ROOT / "deploy/grafana/dashboards/ml-training.json"
+    assert configmap["data"] == {"ml-training.json": source.read_text()}
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    # A stable name: a hash-suffixed copy left behind per change would be a second dashboard.
+    assert configmap["metadata"]["name"] == "ml-training-dashboard"
+    assert configmap["metadata"]["namespace"] == MONITORING
+    # Client-side `kubectl apply` keeps the whole object in an annotation capped at 256 KiB.
+    assert len(json.dumps(configmap)) < 200_000
 
 
 def test_collector_service_exposes_otlp_and_prometheus_ports(
@@ -418,6 +499,9 @@ DEPLOY_TARGETS = (
     "k8s-deploy",
     "k8s-delete",
     "k8s-logs-sidecar",
+    "k8s-deploy-monitoring",
+    "k8s-delete-monitoring",
+    "k8s-deploy-dashboard",
 )
 
 
@@ -446,8 +530,10 @@ def test_deploy_mk_declares_every_target_phony_and_keeps_the_includers_goals(
     dry = _run(make, "-n", "PROM_URL=http://prom.example:9090", *DEPLOY_TARGETS, cwd=tmp_path)
     assert dry.returncode == 0, _explain(dry)
     assert "deploy/verify.py --prom-url http://prom.example:9090" in dry.stdout
-    assert "kubectl apply -k k8s/" in dry.stdout
-    assert "kubectl delete -k k8s/" in dry.stdout
+    assert "kubectl apply -k k8s/training-job/" in dry.stdout
+    assert "kubectl delete -k k8s/training-job/" in dry.stdout
+    assert "kubectl apply -k k8s/monitoring/" in dry.stdout
+    assert "kubectl apply -k k8s/grafana-dashboard/" in dry.stdout
 
 
 # --------------------------------------------------------------------------- Metric names
