@@ -701,3 +701,52 @@ def test_jsonl_restart_mid_file_resumes_from_the_checkpoint(
     assert resumed.start_time_unix_nano != applied_first[-1].start_time_unix_nano
     _stays(grpc_receiver, total - checkpointed, **{"bridge.run": "2"})
     assert_no_traceback(second)
+
+
+# --- hostile files (issue #15) ----------------------------------------------------------------
+
+_FIFO_SWAPPER = r"""
+import json, os, sys, time
+path, duration_s = sys.argv[1], float(sys.argv[2])
+fifo, regular = path + ".fifo", path + ".new"
+swaps, ends = 0, time.monotonic() + duration_s
+while time.monotonic() < ends:
+    swaps += 1
+    with open(regular, "w") as fh:
+        json.dump({"value": swaps % 1000}, fh)
+    os.rename(regular, path)  # a regular file, which stat() approves...
+    os.mkfifo(fifo)
+    os.rename(fifo, path)  # ...then a FIFO with no writer in its place
+print(f"swapped {swaps} times", flush=True)
+"""
+
+
+def test_a_fifo_renamed_over_the_document_never_blocks_reading_or_sigterm(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A FIFO put in place by rename() between the bridge's stat() and open(): a blocking
+    open() would hang the reading loop for good, and SIGTERM with it."""
+    metrics = tmp_path / "current.json"
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{metrics}'}}\n"
+        "metrics:\n  - {name: test.value, type: gauge, path: $.value}\n"
+    )
+    metrics.write_text(json.dumps({"value": 5000}))
+    env = bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mapping), COLLECTION_INTERVAL="0.05")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("test.value", where=number_is(5000))
+    swapper = spawn_bridge(
+        [sys.executable, "-c", _FIFO_SWAPPER, str(metrics), "4"], name="fifo swapper"
+    )
+    assert swapper.wait(timeout_s=30) == 0
+    swapper.wait_for_log(r"swapped \d+ times", stream="stdout")
+
+    final = tmp_path / "final.json"
+    final.write_text(json.dumps({"value": 7000}))
+    os.replace(final, metrics)
+    grpc_receiver.wait_for_point("test.value", where=number_is(7000), timeout_s=15)
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert_no_traceback(bridge)

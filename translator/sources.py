@@ -252,10 +252,7 @@ class JsonlSource:
         return not self._head or os.pread(self._fh.fileno(), len(self._head), 0) == self._head
 
     def _open(self, st: os.stat_result) -> None:
-        try:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 -- kept open across polls on purpose
-        except OSError as exc:
-            raise _read_error(self.path, exc) from None
+        self._fh = _open_regular(self.path)  # kept open across polls on purpose
         self._inode = os.fstat(self._fh.fileno()).st_ino
         self._offset, self._head, self._skipping = 0, b"", False
         if self._resume is not None:
@@ -364,12 +361,36 @@ def _stat_file(path: str) -> os.stat_result:
     return st
 
 
-def _read_capped(path: str, cap: int) -> bytes:
+def _open_regular(path: str) -> Any:
+    """Open a source for reading, refusing anything but a regular file, without blocking.
+
+    stat() said "regular file" a moment ago, but a rename() can put a FIFO (or a device)
+    in its place before the open: a plain open() of a FIFO with no writer blocks for good,
+    and with it the loop and SIGTERM. O_NONBLOCK makes that open return at once, and the
+    descriptor's own fstat() decides (O_NONBLOCK changes nothing for a regular file).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(cap + 1)
+        fd = os.open(path, flags)
     except OSError as exc:
         raise _read_error(path, exc) from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as exc:
+        os.close(fd)
+        raise _read_error(path, exc) from None
+    if not regular:
+        os.close(fd)
+        raise SourceUnavailable(path, _NOT_A_FILE)
+    return os.fdopen(fd, "rb")
+
+
+def _read_capped(path: str, cap: int) -> bytes:
+    with _open_regular(path) as fh:
+        try:
+            data: bytes = fh.read(cap + 1)
+        except OSError as exc:
+            raise _read_error(path, exc) from None
     if len(data) > cap:
         raise SourceUnavailable(path, f"grew past the {cap}-byte cap (source.max_bytes)")
     return data
