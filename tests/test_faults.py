@@ -750,3 +750,37 @@ def test_a_fifo_renamed_over_the_document_never_blocks_reading_or_sigterm(
     bridge.send_signal(signal.SIGTERM)
     assert bridge.wait(timeout_s=GRACE_S) == 0
     assert_no_traceback(bridge)
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after it.
+        if int(stat_line.rpartition(")")[2].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_mapping_is_validated_at_start_exits_0_with_a_line_saying_so(
+    tmp_path: Path, spawn_bridge: Spawn, sig: signal.Signals
+) -> None:
+    """Kubernetes may stop a pod at any moment, also in the bridge's first tenths of a
+    second, while its mapping is validated by a child process."""
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env("localhost:1", metrics))
+    deadline = time.monotonic() + 20
+    while not _children_of(bridge.pid):  # the validate child: handlers must be in place
+        assert bridge.running and time.monotonic() < deadline, bridge.describe()
+        time.sleep(0.002)
+    bridge.send_signal(sig)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    bridge.wait_for_log(rf"received {sig.name} while starting: exiting", stream="stderr")
+    assert_no_traceback(bridge)

@@ -105,32 +105,39 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 def _run_bridge(
     settings: Settings, stdout: TextIO, stderr: TextIO, *, once: bool, duration_s: float = 0
 ) -> int:
-    from translator.runtime import Bridge, install_signal_handlers
+    from translator.runtime import Bridge, SignalLatch, install_signal_handlers
 
-    configure_logging(settings.log_level, settings.log_format, stderr)
-    plans = load_plans(
-        settings.mapping_path,
-        default_source_path=settings.metrics_file_path,
-        schema_in_child=True,
-    )
-    bridge = Bridge(settings, plans, console=stdout)
+    # Handlers first: SIGTERM or Ctrl-C while the mappings load (the validate child runs
+    # for a few tenths of a second) must end the process cleanly, with a line saying so.
+    latch = SignalLatch()
     restore_signals = None
     if threading.current_thread() is threading.main_thread():
-        restore_signals = install_signal_handlers(bridge.on_signal)
-    if duration_s:
-        timer = threading.Timer(duration_s, bridge.stop)
-        timer.daemon = True
-        timer.start()
-    log = logging.getLogger("translator")
-    log.info(
-        "ml-metrics-bridge %s: %d mapping(s) from %s, exporters %s, every %g s",
-        __version__,
-        len(plans),
-        settings.mapping_path,
-        ",".join(settings.export.exporters) or "none",
-        settings.collection_interval_s,
-    )
+        restore_signals = install_signal_handlers(latch)
     try:
+        configure_logging(settings.log_level, settings.log_format, stderr)
+        log = logging.getLogger("translator")
+        plans = load_plans(
+            settings.mapping_path,
+            default_source_path=settings.metrics_file_path,
+            schema_in_child=True,
+        )
+        if latch.received is not None:
+            log.info("received %s while starting: exiting before reading anything", latch.name)
+            return EXIT_OK
+        bridge = Bridge(settings, plans, console=stdout)
+        latch.hand_to(bridge.on_signal)
+        if duration_s:
+            timer = threading.Timer(duration_s, bridge.stop)
+            timer.daemon = True
+            timer.start()
+        log.info(
+            "ml-metrics-bridge %s: %d mapping(s) from %s, exporters %s, every %g s",
+            __version__,
+            len(plans),
+            settings.mapping_path,
+            ",".join(settings.export.exporters) or "none",
+            settings.collection_interval_s,
+        )
         return bridge.run(once=once)
     finally:
         if restore_signals is not None:

@@ -512,6 +512,29 @@ class _MappingWatch:
         return True
 
 
+class SignalLatch:
+    """The signal handlers' target from the very start of ``run``: remembers a signal that
+    arrives before the Bridge exists, then passes every signal on to it (``hand_to``)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._forward: Callable[[int], None] | None = None
+
+    def __call__(self, signum: int) -> None:
+        self.received = signum  # a plain assignment: safe in a signal handler
+        if self._forward is not None:
+            self._forward(signum)
+
+    @property
+    def name(self) -> str:
+        return "" if self.received is None else signal.Signals(self.received).name
+
+    def hand_to(self, forward: Callable[[int], None]) -> None:
+        self._forward = forward
+        if self.received is not None:
+            forward(self.received)
+
+
 def install_signal_handlers(on_signal: Callable[[int], None]) -> Callable[[], None]:
     """SIGTERM and SIGINT call ``on_signal``. Returns a function putting the old handlers back."""
 
