@@ -784,3 +784,21 @@ def test_a_signal_while_the_mapping_is_validated_at_start_exits_0_with_a_line_sa
     assert bridge.wait(timeout_s=GRACE_S) == 0
     bridge.wait_for_log(rf"received {sig.name} while starting: exiting", stream="stderr")
     assert_no_traceback(bridge)
+
+
+def test_an_otlp_http_header_the_sdk_would_quote_in_a_warning_is_sent_and_never_logged(
+    tmp_path: Path, http_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The SDK's HTTP exporter re-parses OTEL_EXPORTER_OTLP_HEADERS on its own and logs a
+    value it dislikes (quotes, ';') in full: `Header format invalid! ...: x-api-key=...`."""
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(3, loss=0.3))
+    env = bridge_env(
+        http_receiver, metrics, OTEL_EXPORTER_OTLP_HEADERS='x-api-key="SECRET;1234",x-t=a b'
+    )
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    http_receiver.wait_for_point("ml.training.loss", where=number_is(0.3))
+    assert http_receiver.requests[-1].headers["x-api-key"] == '"SECRET;1234"'
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert "SECRET" not in bridge.output, bridge.describe()

@@ -533,3 +533,44 @@ def test_jsonpath_regex_filters_are_refused_since_a_pattern_can_backtrack_for_ev
     with pytest.raises(MappingError) as caught:
         compile_mapping(text, "m.yaml", environ={})
     assert "m.yaml:6: metrics[0].for_each:" in str(caught.value)
+
+
+# --- OTLP headers: checked at start, never echoed ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "protocol", "raw", "problem"),
+    [
+        ("OTEL_EXPORTER_OTLP_HEADERS", "grpc", "x-api-key=SECRET%0A1234", "a newline, NUL"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "http/protobuf", "x-api-key=SECRET%001234", "a newline"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "grpc", "x-api-key=SECRET\u00e91234", "ASCII"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "grpc", "x-api-key=SECRET%C3%A91234", "ASCII"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "http/protobuf", "x-api-key=SECRET\u20ac1234", "latin-1"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "grpc", "X Api Key=SECRET1234", "not a header name"),
+    ],
+    ids=["newline", "nul", "non-ascii-grpc", "encoded-non-ascii-grpc", "euro-http", "bad-name"],
+)
+def test_a_header_no_request_can_carry_is_refused_at_start_naming_the_variable_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, protocol: str, raw: str,
+    problem: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(variable, raw)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("METRICS_FILE_PATH", str(tmp_path / "current.json"))
+    status, out, err = call("run", "--once")
+    assert status == 2, err
+    assert err.startswith(f"ml-metrics-bridge: configuration error:\n{variable}: entry 1"), err
+    assert problem in err and "values are not shown" in err
+    assert "SECRET" not in err + out
+
+
+def test_a_header_value_latin1_can_carry_is_accepted_over_http() -> None:
+    from translator.settings import load_settings
+
+    settings = load_settings(
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-team=caf%C3%A9,authorization=Bearer a;b=c",
+        }
+    )
+    assert settings.export.headers == {"x-team": "caf\u00e9", "authorization": "Bearer a;b=c"}

@@ -9,11 +9,13 @@ Heavy exporter modules (gRPC, HTTP, Prometheus) are imported only when configure
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -54,12 +56,20 @@ class _LastMessage(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.message = ""
+        self.secrets: tuple[str, ...] = ()
+        """Header values: an exporter's error may quote a request's headers."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.message = record.getMessage()
+            message = record.getMessage()
         except Exception:  # a malformed record must not break exporting
-            self.message = str(record.msg)
+            message = str(record.msg)
+        self.message = self.scrub(message)
+
+    def scrub(self, message: str) -> str:
+        for secret in self.secrets:
+            message = message.replace(secret, "<header value>")
+        return message
 
 
 _SDK_EXPORTER_LOG = _LastMessage()
@@ -68,7 +78,11 @@ _SDK_EXPORTER_LOG = _LastMessage()
 def _capture_sdk_exporter_logs() -> None:
     """Route the SDK exporters' per-attempt log lines to _SDK_EXPORTER_LOG, whose latest
     message goes into our once-per-outage line. Idempotent."""
-    for name in ("opentelemetry.exporter.otlp", "opentelemetry.sdk.metrics._internal.export"):
+    for name in (
+        "opentelemetry.exporter.otlp",
+        "opentelemetry.sdk.metrics._internal.export",
+        "opentelemetry.util.re",  # its "Header format invalid!" quotes the whole header
+    ):
         logger = logging.getLogger(name)
         if _SDK_EXPORTER_LOG not in logger.handlers:
             logger.addHandler(_SDK_EXPORTER_LOG)
@@ -101,7 +115,7 @@ class _ObservedExporter(MetricExporter):
             completed = self._pipeline.completed(metrics_data) or metrics_data
             result = self._inner.export(completed, timeout_millis=timeout_millis)
         except Exception as exc:  # an exporter bug must not stop the bridge
-            _SDK_EXPORTER_LOG.message = f"{type(exc).__name__}: {exc}"
+            _SDK_EXPORTER_LOG.message = _SDK_EXPORTER_LOG.scrub(f"{type(exc).__name__}: {exc}")
             result = MetricExportResult.FAILURE
         ok = result is MetricExportResult.SUCCESS
         self._record(ok)
@@ -283,7 +297,27 @@ _CUMULATIVE: dict[type, AggregationTemporality] = {
 }
 
 
+@contextlib.contextmanager
+def _headers_hidden_from_sdk() -> Iterator[None]:
+    """The SDK's HTTP exporter parses OTEL_EXPORTER_OTLP_*HEADERS itself whatever headers
+    it is given, and logs a value it dislikes verbatim. settings has parsed and checked
+    them: the exporter gets them as an argument and does not see the variables."""
+    names = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
+    # Very short values would garble every message and are no secret worth the name.
+    _SDK_EXPORTER_LOG.secrets = tuple(v for v in settings.headers.values() if len(v) >= 4)
+    with _headers_hidden_from_sdk():
+        return _new_otlp_exporter(settings)
+
+
+def _new_otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 

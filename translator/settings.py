@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -183,8 +184,8 @@ def _export_settings(env: _Reader) -> ExportSettings:
     if insecure_flag is None:
         insecure_flag = env.boolean("OTEL_EXPORTER_OTLP_INSECURE")
     endpoint, insecure = _endpoint(env, protocol, insecure_flag, certificate is not None)
-    headers = _headers(env, "OTEL_EXPORTER_OTLP_HEADERS") | _headers(
-        env, "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
+    headers = _headers(env, "OTEL_EXPORTER_OTLP_HEADERS", protocol) | _headers(
+        env, "OTEL_EXPORTER_OTLP_METRICS_HEADERS", protocol
     )
     timeout_name = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"
     if env.get(timeout_name) is None:
@@ -270,16 +271,48 @@ def _endpoint(
     return base + path + "/v1/metrics", not tls
 
 
-def _headers(env: _Reader, name: str) -> dict[str, str]:
+#: Header names: an HTTP token; gRPC metadata keys are narrower (lower case, digits, -_.).
+_HEADER_NAME = {
+    "grpc": re.compile(r"[0-9a-z_.-]+"),
+    "http/protobuf": re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+"),
+}
+#: What a header value can carry: no control character anywhere; gRPC metadata (other than
+#: "-bin" keys) is printable ASCII, HTTP/1.1 sends latin-1.
+_HEADER_VALUE = {
+    "grpc": re.compile(r"[\x20-\x7e]*"),
+    "http/protobuf": re.compile(r"[\x20-\x7e\xa0-\xff]*"),
+}
+
+
+def _headers(env: _Reader, name: str, protocol: str) -> dict[str, str]:
+    """Parse ``key=value,...`` (values URL-decoded), refusing what no request could carry:
+    such a header would make every export fail, and the exporter's error would quote it."""
     raw = env.get(name)
     if raw is None:
         return {}
     headers = {}
+    # Never echo a value: headers carry API keys.
+    hidden = "values are not shown: they may be secret"
     for i, item in enumerate(raw.split(","), start=1):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            # Never echo the value: headers carry API keys.
-            env.bad(name, f"entry {i} is not key=value (values are not shown: they may be secret)")
+            env.bad(name, f"entry {i} is not key=value ({hidden})")
             continue
-        headers[unquote(key.strip()).lower()] = unquote(value.strip())
+        key, value = unquote(key.strip()).lower(), unquote(value.strip())
+        if not _HEADER_NAME[protocol].fullmatch(key):
+            allowed = {
+                "grpc": "lower-case letters, digits, '-', '_' and '.'",
+                "http/protobuf": "letters, digits and !#$%&'*+-.^_`|~",
+            }[protocol]
+            env.bad(name, f"entry {i}: the name is not a header name ({allowed}; {hidden})")
+            continue
+        if not _HEADER_VALUE[protocol].fullmatch(value):
+            what = "printable ASCII" if protocol == "grpc" else "printable latin-1"
+            env.bad(
+                name,
+                f"entry {i} ({key}): the value holds a character {protocol} headers cannot "
+                f"carry (a newline, NUL or other control character, or not {what}; {hidden})",
+            )
+            continue
+        headers[key] = value
     return headers
