@@ -676,14 +676,22 @@ def test_jsonl_restart_mid_file_resumes_from_the_checkpoint(
         STATE_DIR=str(state),
         OTEL_RESOURCE_ATTRIBUTES="bridge.run=1",
     )
-    writer = _append(spawn_bridge, log, 1, total, pause_every=20)
+    # Every phase waits on a condition, none on the clock: on a busy machine a writer that
+    # did not wait for the bridge wrote all 2,000 lines before the bridge read any of them.
+    # 1. The first bridge is reading the file (and exporting) before the writer starts.
+    assert _append(spawn_bridge, log, 1, 1).wait(timeout_s=10) == 0
+    _records_total_is(grpc_receiver, 1, **{"bridge.run": "1"})
+    # 2. Up to line 1000 while the first bridge runs; it stops once it has applied 200.
+    assert _append(spawn_bridge, log, 2, 999, pause_every=20).wait(timeout_s=30) == 0
     grpc_receiver.wait_for_point("test.records", where=lambda p: p.number >= 200)
-
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout_s=GRACE_S) == 0
     applied_first = from_run(grpc_receiver.points("test.records"), **{"bridge.run": "1"})
     checkpointed = int(applied_first[-1].number)
     assert list(state.iterdir()), "a checkpoint was written"
+    # 3. Lines written while no bridge runs: the restart resumes mid-file by construction.
+    assert _append(spawn_bridge, log, 1001, 500, pause_every=20).wait(timeout_s=30) == 0
+    assert checkpointed <= 1000 < log.read_text().count("\n"), "the restart resumes mid-file"
 
     mapping = tmp_path / "jsonl.yaml"
     env = bridge_env(
@@ -694,8 +702,8 @@ def test_jsonl_restart_mid_file_resumes_from_the_checkpoint(
         OTEL_RESOURCE_ATTRIBUTES="bridge.run=2",
     )
     second = spawn_bridge(bridge_command("run"), env=env, name="bridge (restarted)")
-    assert writer.wait(timeout_s=30) == 0
-    assert checkpointed < total, "the restart must happen mid-file"
+    # 4. The rest while the second bridge starts and runs.
+    assert _append(spawn_bridge, log, 1501, 500, pause_every=20).wait(timeout_s=30) == 0
     # The new process counts from 0 (a new start time): it must apply exactly the rest.
     resumed = _records_total_is(grpc_receiver, total - checkpointed, **{"bridge.run": "2"})
     assert resumed.start_time_unix_nano != applied_first[-1].start_time_unix_nano
