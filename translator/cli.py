@@ -317,17 +317,8 @@ def _demo(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _simulate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from translator.simulate import run_simulator
+    from translator.simulate import run_until_signalled
 
-    stop = threading.Event()
-    try:
-        run_simulator(
-            args.output,
-            interval_s=args.interval_s,
-            stop=stop,
-            count=args.count,
-            atomic=args.atomic,
-        )
-    except KeyboardInterrupt:
-        stop.set()
-    return EXIT_OK
+    return run_until_signalled(
+        args.output, interval_s=args.interval_s, count=args.count, atomic=args.atomic
+    )

@@ -1,7 +1,8 @@
 """A stand-in training job: writes the project brief's metrics document, over and over.
 
-Used by ``demo`` and by the docker-compose stack. By default it rewrites the file in
-place (truncate and write), as real trainers do, so readers see half-written files.
+Used by ``demo``, and by ``simulate`` as the mock trainer of the docker-compose stack and
+the Kubernetes Job. By default it rewrites the file in place (truncate and write), as real
+trainers do, so readers see half-written files.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 import math
 import os
 import random
+import signal
 import threading
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 from typing import Any
 
 
@@ -88,3 +91,32 @@ def run_simulator(
         if count and written >= count:
             return
         stop.wait(interval_s)
+
+
+def run_until_signalled(
+    path: str, *, interval_s: float, count: int = 0, atomic: bool = False
+) -> int:
+    """``run_simulator`` in the foreground until done or SIGTERM/SIGINT; the exit status.
+
+    Handlers are needed, not just the default action: as a container's PID 1 the process
+    gets no default action at all, so without one it would ignore SIGTERM, eat the pod's
+    whole grace period and be killed, and the sidecar beside it with it, before its last
+    export. The handler only sets ``stop``: a write in progress finishes, so the file is
+    never left torn by the stop. A stopped run exits 128 + the signal number (143 for
+    SIGTERM), as a shell reports a process killed by it: the run did not finish, and a pod
+    whose containers all exit 0 would count as a successful Job.
+    """
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_simulator(path, interval_s=interval_s, stop=stop, count=count, atomic=atomic)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + received[0] if received else 0
