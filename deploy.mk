@@ -5,12 +5,16 @@
 
 # Including this file must not change the including Makefile's default goal.
 _deploy_mk_default_goal := $(.DEFAULT_GOAL)
+# This file's directory (the repository), whichever directory make runs in.
+_deploy_mk_dir := $(dir $(lastword $(MAKEFILE_LIST)))
 
 COMPOSE ?= docker compose
 DOCKER ?= docker
 KUBECTL ?= kubectl
 PYTHON ?= python3
-IMAGE ?= ml-metrics-bridge:dev
+# The release tag k8s/training-job/kustomization.yaml deploys: pyproject.toml's version.
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' $(_deploy_mk_dir)pyproject.toml)
+IMAGE ?= ml-metrics-bridge:$(VERSION)
 PROM_URL ?= http://localhost:9090
 # How long `verify` waits for the first points (collection interval + scrape interval).
 VERIFY_WAIT_S ?= 90

@@ -85,6 +85,12 @@ def rendered_part(
     return _render(request.param, tmp_path_factory.mktemp("k8s-part"))
 
 
+def _project_version() -> str:
+    match = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert match, "pyproject.toml has no version"
+    return match.group(1)
+
+
 def _one(docs: Sequence[dict[str, Any]], kind: str, name_prefix: str) -> dict[str, Any]:
     found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name_prefix)]
     assert len(found) == 1, f"expected one {kind} named {name_prefix}*, got {len(found)}"
@@ -189,7 +195,7 @@ def test_bridge_is_a_native_sidecar_so_the_job_can_complete(
     sidecar = _sidecar(docs)
     assert job["apiVersion"] == "batch/v1"
     assert sidecar["restartPolicy"] == "Always"
-    assert sidecar["image"] == f"{BRIDGE}:dev"
+    assert sidecar["image"] == f"{BRIDGE}:{_project_version()}"
     assert BRIDGE not in [c["name"] for c in pod["containers"]]
     assert [c["name"] for c in pod["containers"]] == ["trainer"]
     assert pod["restartPolicy"] == "Never"
@@ -197,6 +203,153 @@ def test_bridge_is_a_native_sidecar_so_the_job_can_complete(
     assert 10 <= pod["terminationGracePeriodSeconds"] <= 120
     assert job["spec"]["backoffLimit"] >= 0
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
+
+
+def test_job_fails_on_its_deadline_and_judges_failures_by_container(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    spec = _one(docs, "Job", "ml-training")["spec"]
+    # The backstop for a pod that never starts: a crash-looping sidecar keeps it Pending.
+    assert 0 < spec["activeDeadlineSeconds"] <= 24 * 3600
+    # The demo trainer's 90 writes 10 s apart fit, every allowed retry included.
+    trainer_args = _job_pod(docs)["containers"][0]["args"]
+    attempt_s = float(trainer_args[trainer_args.index("--interval-s") + 1]) * int(
+        trainer_args[trainer_args.index("--count") + 1]
+    )
+    assert spec["activeDeadlineSeconds"] >= attempt_s * (spec["backoffLimit"] + 1)
+    # The only value the API server accepts beside a podFailurePolicy.
+    assert spec["podReplacementPolicy"] == "Failed"
+    assert _job_pod(docs)["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+    rules = spec["podFailurePolicy"]["rules"]
+    # Disruptions first, so a killed trainer's exit code is never held against the run.
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    on_exit = {r["onExitCodes"]["containerName"]: r for r in rules if "onExitCodes" in r}
+    pod = _job_pod(docs)
+    names = {c["name"] for c in pod["initContainers"] + pod["containers"]}
+    assert set(on_exit) <= names, set(on_exit) - names
+    # A mapping that does not validate (exit 2) fails the Job at once; so does the
+    # trainer's usage error. Every exit-code rule names its container: a rule without one
+    # would also judge the sidecar, whose code is that of its SIGTERM stop.
+    for container in ("validate-mapping", "trainer"):
+        assert on_exit[container] == {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": container, "operator": "In", "values": [2]},
+        }
+    assert all(r["onExitCodes"].get("containerName") for r in rules if "onExitCodes" in r)
+
+
+def test_mapping_is_validated_by_a_plain_init_container_before_the_sidecar_starts(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    init = _job_pod(docs)["initContainers"]
+    assert [c["name"] for c in init] == ["validate-mapping", BRIDGE]
+    check, sidecar = init
+    # No restartPolicy: it runs to completion, and its failure fails the pod (Never).
+    assert "restartPolicy" not in check
+    assert check["image"] == sidecar["image"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert check["args"] == ["validate", env["MAPPING_PATH"]]
+    mounts = {m["mountPath"]: m for m in check["volumeMounts"]}
+    assert mounts == {m["mountPath"]: m for m in sidecar["volumeMounts"] if m["name"] == "mappings"}
+    # `validate` peaks at 22 MiB RSS (/usr/bin/time -v ml-metrics-bridge validate ...).
+    assert check["resources"]["limits"]["memory"] == "64Mi"
+
+
+def test_network_policies_let_the_job_reach_only_the_collector_and_dns(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    policies = {
+        d["metadata"]["name"]: d["spec"]
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == NAMESPACE
+    }
+    assert policies["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    job_labels = _one(docs, "Job", "ml-training")["spec"]["template"]["metadata"]["labels"]
+    selecting_the_job = [
+        spec
+        for spec in policies.values()
+        if spec["podSelector"].get("matchLabels", {}).items() <= job_labels.items()
+    ]
+    # Nothing opens ingress to the training pod; egress is the collector and DNS only.
+    assert not any(spec.get("ingress") for spec in selecting_the_job)
+    allowed = {
+        (
+            json.dumps(peer, sort_keys=True),
+            port["protocol"],
+            port["port"],
+        )
+        for spec in selecting_the_job
+        for rule in spec.get("egress", [])
+        for peer in rule["to"]
+        for port in rule["ports"]
+    }
+    collector = json.dumps(
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING}}},
+        sort_keys=True,
+    )
+    dns = json.dumps(
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        },
+        sort_keys=True,
+    )
+    assert allowed == {(collector, "TCP", 4317), (dns, "UDP", 53), (dns, "TCP", 53)}
+    # The port allowed is the sidecar's endpoint port.
+    env = {e["name"]: e.get("value") for e in _sidecar(docs)["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
+
+    # The monitoring part's policies select its own pods only, never the whole namespace.
+    for doc in docs:
+        if doc["kind"] == "NetworkPolicy" and doc["metadata"]["namespace"] == MONITORING:
+            assert doc["spec"]["podSelector"]["matchLabels"], doc["metadata"]["name"]
+
+
+def test_every_manifest_image_has_a_release_tag_never_dev(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    images = {
+        container["image"]
+        for doc in docs
+        if doc["kind"] in {"Job", "Deployment"}
+        for container in doc["spec"]["template"]["spec"].get("initContainers", [])
+        + doc["spec"]["template"]["spec"]["containers"]
+    }
+    assert images >= {f"{BRIDGE}:{_project_version()}"}
+    for image in images:
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", image), image
+
+
+def test_prometheus_has_no_lifecycle_api_and_a_size_retention_under_its_volume(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    pod = _one(docs, "Deployment", "prometheus")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert "--web.enable-lifecycle" not in args
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args if "=" in a)
+    assert "storage.tsdb.retention.time" in flags
+    size = re.fullmatch(r"(\d+)(MB|GB)", flags["storage.tsdb.retention.size"])
+    assert size, flags["storage.tsdb.retention.size"]
+    # Prometheus's units are powers of two (1GB = 1 GiB).
+    retention_bytes = int(size.group(1)) * 2 ** {"MB": 20, "GB": 30}[size.group(2)]
+    data_mount = next(
+        m for m in container["volumeMounts"] if m["mountPath"] == flags["storage.tsdb.path"]
+    )
+    volume = next(v for v in pod["volumes"] if v["name"] == data_mount["name"])
+    limit = re.fullmatch(r"(\d+)Gi", volume["emptyDir"]["sizeLimit"])
+    assert limit, volume["emptyDir"]
+    # Head room for the WAL and for compaction writing a new block before deleting old ones.
+    assert retention_bytes <= int(limit.group(1)) * 2**30 * 0.75
 
 
 def test_every_job_container_has_the_hardened_security_context(
@@ -229,9 +382,10 @@ def test_sidecar_probes_health_endpoints_and_has_the_agreed_resources(
 
     assert probe("livenessProbe") == ("/healthz", 8081)
     assert probe("readinessProbe") == ("/readyz", 8081)
+    # RSS 48 MiB, plus the 22 MiB validation child at start and on reload.
     assert sidecar["resources"] == {
-        "requests": {"cpu": "10m", "memory": "48Mi"},
-        "limits": {"cpu": "200m", "memory": "96Mi"},
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"cpu": "200m", "memory": "128Mi"},
     }
 
 
