@@ -17,11 +17,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Metadata first, then the package: a change to translator/ reuses nothing below, but a
 # change to docs or deploy files (excluded by .dockerignore) reuses everything.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY translator/ translator/
-# Installing the project from its own source tree: there is no version to pin here, the
-# dependency ranges live in pyproject.toml.
-RUN pip install --no-cache-dir . \
+# The project from its own source tree, its dependencies at the exact versions in
+# constraints.txt (the ones the tests ran against; `make constraints` regenerates it), so a
+# rebuild installs the same libraries. pyproject.toml keeps the ranges for other installs.
+RUN pip install --no-cache-dir --constraint constraints.txt . \
     && ml-metrics-bridge --help > /dev/null
 
 

@@ -7,7 +7,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck install system-deps bench bench-smoke validate-mappings
+.PHONY: demo test lint typecheck install system-deps bench bench-smoke validate-mappings \
+	constraints
 
 demo: $(STAMP)  ## run the bridge against a simulated training job, printing metrics
 	$(BIN)/ml-metrics-bridge demo
@@ -23,6 +24,9 @@ lint: $(STAMP)
 
 validate-mappings: $(STAMP)
 	$(BIN)/ml-metrics-bridge validate mappings/
+
+constraints: $(STAMP)  ## pin the image's dependencies (constraints.txt) to the versions in .venv
+	$(BIN)/python deploy/constraints.py
 
 install: $(STAMP)
 

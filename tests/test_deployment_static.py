@@ -603,6 +603,34 @@ def test_dockerfile_copies_only_the_venv_into_a_non_root_final_stage() -> None:
     assert not any(re.search(r"\b(apt-get|gcc|build-essential)\b", line) for line in final)
 
 
+def test_image_installs_its_dependencies_at_the_versions_in_constraints_txt() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    builder = dockerfile[: dockerfile.index("\nFROM ", dockerfile.index("FROM ") + 1)]
+    assert re.search(r"^COPY [^\n]*\bconstraints\.txt\b", builder, re.MULTILINE)
+    install = re.search(r"^RUN pip install ([^\n]*)", builder, re.MULTILINE)
+    assert install and "--constraint constraints.txt" in install.group(1), install
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!constraints.txt" in ignore, "the build context must contain constraints.txt"
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    project = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", project, re.MULTILINE | re.DOTALL)
+    assert block
+    dependencies = [Requirement(d) for d in re.findall(r'^\s+"([^"]+)",', block.group(1), re.M)]
+    assert len(dependencies) >= 5
+    for dependency in dependencies:
+        name = canonicalize_name(dependency.name)
+        assert name in pins, f"{name} is not pinned in constraints.txt: run `make constraints`"
+        assert dependency.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+
+
 # --------------------------------------------------------------------------- YAML, hooks, make
 
 
