@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.resources import Resource
 
 from translator.cli import run
 from translator.engine import DropReason, evaluate
@@ -57,18 +58,28 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
+class _Collection:
+    """What an exporter of the bridge gets: an SDK collection completed by the registry."""
+
+    def __init__(self, registry: InstrumentRegistry, reader: InMemoryMetricReader) -> None:
+        self._registry, self._reader = registry, reader
+
+    def get_metrics_data(self) -> MetricsData:
+        return self._registry.complete(self._reader.get_metrics_data(), Resource.create())
+
+
 @pytest.fixture
 def registry_of() -> Iterator[Any]:
     """InstrumentRegistry on a real MeterProvider; returns (registry, reader)."""
     providers: list[MeterProvider] = []
 
-    def make(plan: Plan) -> tuple[InstrumentRegistry, InMemoryMetricReader]:
+    def make(plan: Plan) -> tuple[InstrumentRegistry, _Collection]:
         reader = InMemoryMetricReader()
         provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
         providers.append(provider)
-        registry = InstrumentRegistry(provider.get_meter("hostile"))
+        registry = InstrumentRegistry()
         registry.install([plan])
-        return registry, reader
+        return registry, _Collection(registry, reader)
 
     yield make
     for provider in providers:
@@ -356,7 +367,9 @@ def test_an_invalid_utf8_json_line_is_skipped_and_reported_the_others_are_read(
     assert snapshot is not None
     assert snapshot.records == [{"v": 1}, {"v": 3}]
     [error] = snapshot.errors
-    assert re.search(r"^the line at byte 9 is not JSON \(not UTF-8 \(byte 7\)\); skipped$", error), error
+    assert re.search(
+        r"^the line at byte 9 is not JSON \(not UTF-8 \(byte 7\)\); skipped$", error
+    ), error
 
 
 # --- a JSON "bomb" --------------------------------------------------------------------------

@@ -23,25 +23,32 @@ class Harness:
     def __init__(self, plan: Plan) -> None:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
-        self.registry = InstrumentRegistry(self.provider.get_meter("test"))
+        self.registry = InstrumentRegistry()
         self.registry.install([plan])
         self.plan = plan
 
     def apply(self, record: Any, *, source: str = "f.json", replaces: bool = True) -> list[Any]:
         result = evaluate(self.plan, record)
-        return self.registry.apply(source, result.points, replaces=replaces)
+        return self.registry.apply(source, result.points, replaces=replaces, one_record=True)
+
+    def points(self) -> dict[str, list[Any]]:
+        """The data points an exporter gets, by metric name."""
+        out: dict[str, list[Any]] = {}
+        data = self.registry.complete(self.reader.get_metrics_data(), Resource.create())
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    out.setdefault(metric.name, []).extend(metric.data.data_points)
+        return out
 
     def collect(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
         out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-        data = self.registry.add_histograms(self.reader.get_metrics_data(), Resource.create())
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    for p in metric.data.data_points:
-                        value = getattr(p, "value", None)
-                        if value is None:
-                            value = (p.count, p.sum, list(p.bucket_counts))
-                        out.setdefault(metric.name, []).append((dict(p.attributes), value))
+        for name, points in self.points().items():
+            for p in points:
+                value = getattr(p, "value", None)
+                if value is None:
+                    value = (p.count, p.sum, list(p.bucket_counts))
+                out.setdefault(name, []).append((dict(p.attributes), value))
         return out
 
 
@@ -73,16 +80,34 @@ def test_gauge_series_absent_from_the_newest_document_is_no_longer_exported(
     assert h.collect()["loss"] == [({"epoch": 2}, 0.4)]
 
 
-def test_running_total_is_reported_as_is_and_a_decrease_is_a_reset_not_a_negative_add(
+def test_running_total_is_reported_as_is_and_a_decrease_starts_a_new_stream(
     harness_of: Any,
 ) -> None:
     h = harness_of(compile_metrics("  - {name: batches, type: counter, mode: total, path: $.b}\n"))
     reported = []
     for total in (150, 150, 160, 100, 120):
         h.apply({"b": total})
-        reported.append(h.collect()["batches"][0][1])
-    # 160 -> 100 is a restart: the run goes on from 160 and counts the new run's 100, then +20.
-    assert reported == [150, 150, 160, 260, 280]
+        (point,) = h.points()["batches"]
+        reported.append((point.value, point.start_time_unix_nano))
+    # 160 -> 100: the job was resumed from a checkpoint. The file's value, in a new stream
+    # (a counter reset to Prometheus), never the old value added on top.
+    assert [value for value, _ in reported] == [150, 150, 160, 100, 120]
+    starts = [start for _, start in reported]
+    assert starts[0] == starts[1] == starts[2] < starts[3] == starts[4]
+
+
+def test_a_running_total_with_an_unknown_start_starts_with_a_zero_duration_point(
+    harness_of: Any,
+) -> None:
+    """OTel data model, "Cumulative streams: handling unknown start time": the first point of
+    a stream whose start is unknown has its start time equal to its time."""
+    h = harness_of(compile_metrics("  - {name: batches, type: counter, mode: total, path: $.b}\n"))
+    h.apply({"b": 5000})
+    (first,) = h.points()["batches"]
+    assert first.start_time_unix_nano == first.time_unix_nano
+    h.apply({"b": 5100})
+    (second,) = h.points()["batches"]
+    assert second.start_time_unix_nano == first.start_time_unix_nano < second.time_unix_nano
 
 
 def test_increment_counter_adds_every_record(harness_of: Any) -> None:
@@ -213,18 +238,21 @@ def test_a_rotating_series_at_the_limit_replaces_the_old_one(harness_of: Any) ->
     assert h.collect()["loss"] == [({"epoch": 2}, 0.4)]
 
 
-def test_a_counter_that_goes_away_and_comes_back_carries_on_from_where_it_was(
+def test_a_counter_that_goes_away_and_comes_back_never_goes_down_under_its_old_start(
     harness_of: Any,
 ) -> None:
     h = harness_of(compile_metrics("  - {name: steps, type: counter, mode: total, path: $.s}\n"))
     reported = []
-    for doc in ({"s": 100}, {"s": 10}, {}, {"s": 20}):
+    for doc in ({"s": 100}, {"s": 110}, {}, {"s": 120}, {}, {"s": 6}):
         h.apply(doc)
-        reported.append([v for _, v in h.collect().get("steps", [])])
-    assert reported == [[100], [110], [], [120]]
+        reported.append([(p.value, p.start_time_unix_nano) for p in h.points().get("steps", [])])
+    assert [[v for v, _ in r] for r in reported] == [[100], [110], [], [120], [], [6]]
+    start = reported[0][0][1]
+    assert reported[1][0][1] == reported[3][0][1] == start  # carried on: it went up
+    assert reported[5][0][1] > start  # came back lower: a new stream
     h.registry.forget("f.json")  # stale, then writing again
     h.apply({"s": 25})
-    assert h.collect()["steps"] == [({}, 125)]
+    assert h.collect()["steps"] == [({}, 25)]
 
 
 def test_two_running_totals_for_one_series_in_one_document_are_not_a_reset(harness_of: Any) -> None:

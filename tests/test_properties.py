@@ -28,6 +28,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.resources import Resource
 
 from translator.engine import DropReason, Evaluation, evaluate, evaluate_into
 from translator.errors import MappingError
@@ -311,11 +312,12 @@ class Sdk:
     def __init__(self, plan: Plan) -> None:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader], shutdown_on_exit=False)
-        self.registry = InstrumentRegistry(self.provider.get_meter("properties"))
+        self.registry = InstrumentRegistry()
         self.registry.install([plan])
 
     def collect(self) -> MetricsData | None:
-        return self.reader.get_metrics_data()
+        """What an exporter gets: the SDK's collection completed by the registry."""
+        return self.registry.complete(self.reader.get_metrics_data(), Resource.create())
 
     def close(self) -> None:
         self.provider.shutdown()

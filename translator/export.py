@@ -40,6 +40,7 @@ from translator.settings import ExportSettings
 
 _log = logging.getLogger(__name__)
 METER_NAME = "ml-metrics-bridge"
+"""The instrumentation scope of the mapped metrics (built by translator.instruments)."""
 SELF_METER_NAME = "ml-metrics-bridge.self"
 """The bridge's own metrics live in their own instrumentation scope."""
 
@@ -240,13 +241,13 @@ class Pipeline:
             # still costs a context look-up on every histogram observation.
             exemplar_filter=AlwaysOffExemplarFilter(),
         )
-        self.meter = self.meter_provider.get_meter(METER_NAME, __version__)
         self.self_meter = self.meter_provider.get_meter(SELF_METER_NAME, __version__)
         self._lock = threading.Lock()
 
     def set_completion(self, complete: Callable[[MetricsData | None], MetricsData]) -> None:
-        """Every collection passes through ``complete`` before any exporter sees it (the
-        registry adds the histograms it aggregates itself)."""
+        """Every collection passes through ``complete`` before any exporter sees it: the
+        registry adds every mapped metric, built by itself (the SDK collects only the
+        bridge's own metrics and never calls into the registry)."""
         self._complete = complete
 
     def completed(self, data: MetricsData | None) -> MetricsData | None:

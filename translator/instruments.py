@@ -1,48 +1,57 @@
-"""The instruments a plan declares, and the state they report. Points are recorded here.
+"""The instruments a plan declares, their series, and the OTLP data points they export.
 
-Gauges, up-down counters and counters are OpenTelemetry *observable* instruments: they
-report the newest values this registry holds, so a series the newest document no longer
-has simply stops being reported (no ghost series), and a file that went stale takes its
-series with it. Counters keep their own cumulative state: a running total from the file
-is reported as is, and a total that goes down starts a new run on top of the old one (a
-reset is never a negative add).
+Every mapped data point is built here, as the OpenTelemetry data model's points (a
+``Gauge``, a cumulative ``Sum`` or a cumulative explicit-bucket ``Histogram`` per
+instrument), and :meth:`InstrumentRegistry.complete` adds them to each collection the SDK
+makes of the bridge's own metrics, before any exporter (OTLP, console, Prometheus) sees
+it. The SDK keeps the exporters, the resource and the bridge's self-metrics; it never
+calls into this registry and this registry never calls into it, so the export thread (or a
+Prometheus scrape) collecting while the reading thread installs a new plan cannot
+deadlock: the only lock on that path is this registry's own, held for plain dict work.
+The SDK's cardinality limit does not apply either: ``limits.max_series_per_metric`` is
+the only guard, and every point it refuses is counted.
 
-Histograms are aggregated here too, into explicit-bucket cumulative histograms that
-:meth:`InstrumentRegistry.add_histograms` puts into each collection before any exporter
-sees it. The SDK's synchronous histogram would cost about 6 us per observation with a
-reader attached (a third of the whole hot path), and it keeps every series it ever saw
-for the life of the process; here a series goes when its file does, and a series that
-comes back starts a new stream (a new start time), as OTLP expects.
+What a point applies to (the two kinds of instrument, see :mod:`translator.series`):
 
-This is the only module that records mapped metrics.
+- **State** (gauge, up-down counter, counter ``mode: total``): the newest value of each
+  series among the points given, in order. When the points are a source's whole current
+  state (``replaces``: a document, a history array) a series they do not have is no
+  longer exported (no ghost series); cumulative sums keep their stream aside so that one
+  that comes back never goes down under an old start time.
+- **Events** (histogram, counter ``mode: increment``): only the points the source marks as
+  new add to their series, once.
+
+This is the only module that records mapped metrics. Nothing here raises on data.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Gauge,
     Histogram,
-    HistogramDataPoint,
     Metric,
     MetricsData,
     ResourceMetrics,
     ScopeMetrics,
+    Sum,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from translator.engine import INT64_MAX, AttributeSet, Drop, DropReason, Point
+from translator import __version__
+from translator.engine import AttributeSet, Drop, DropReason, Point
+from translator.export import METER_NAME
 from translator.mapping.plan import CounterMode, InstrumentKind, InstrumentSpec, MetricRule, Plan
+from translator.series import UNKNOWN_START, HistogramSeries, NumberSeries
 
 _log = logging.getLogger(__name__)
 
@@ -52,87 +61,54 @@ class InstrumentConflict(ValueError):
 
 
 @dataclass(slots=True)
-class _Series:
-    """A gauge, counter or up-down counter series."""
-
-    attributes: dict[str, Any]
-    value: float | int = 0
-    base: float | int = 0
-    """Counters in total mode: what earlier runs (before a reset) added up to."""
-
-
-@dataclass(slots=True)
-class _HistogramSeries:
-    """One cumulative explicit-bucket histogram series."""
-
-    attributes: dict[str, Any]
-    bounds: tuple[float, ...]
-    start_ns: int = field(default_factory=time.time_ns)
-    counts: list[int] = field(default_factory=list)
-    count: int = 0
-    total: float = 0
-    low: float = float("inf")
-    high: float = float("-inf")
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)
-
-    def record(self, value: float) -> None:
-        # Bucket i holds (bounds[i-1], bounds[i]]: the first bound >= value.
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.total += value
-        if value < self.low:
-            self.low = value
-        if value > self.high:
-            self.high = value
-
-    def point(self, now_ns: int) -> HistogramDataPoint:
-        return HistogramDataPoint(
-            attributes=self.attributes,
-            start_time_unix_nano=self.start_ns,
-            time_unix_nano=now_ns,
-            count=self.count,
-            sum=self.total,
-            bucket_counts=tuple(self.counts),
-            explicit_bounds=self.bounds,
-            min=self.low,
-            max=self.high,
-        )
-
-
-@dataclass(slots=True)
 class _Instrument:
     spec: InstrumentSpec
     max_series: int
     by_source: dict[str, dict[AttributeSet, Any]] = field(default_factory=dict)
-    """source path -> attributes -> _Series (or _HistogramSeries for a histogram)."""
-    parked: dict[tuple[str, AttributeSet], _Series] = field(default_factory=dict)
-    """Counter series no longer reported (absent, stale, file gone): kept so that one that
-    comes back carries on from where it was. The SDK keeps an observable series' start
-    time, so restarting it from zero would be a cumulative sum going backwards."""
+    """source key -> attributes -> NumberSeries (HistogramSeries for a histogram)."""
+    parked: dict[tuple[str, AttributeSet], NumberSeries] = field(default_factory=dict)
+    """Cumulative-sum series no longer exported (absent, stale, file gone, instrument
+    removed by a reload): their stream, so that one that comes back carries on, or, if
+    its total went down, starts a new stream instead of going down under the old start."""
     retired: bool = False
     overflow_warned: bool = False
+    event: bool = False
+    """Histogram or counter increment: only new records add to it."""
     histogram: bool = False
+    cumulative_sum: bool = False
+    """Counter total or up-down counter: a running total with a stream start time."""
+    monotonic: bool = False
 
     def __post_init__(self) -> None:
-        self.histogram = self.spec.kind is InstrumentKind.HISTOGRAM
+        spec = self.spec
+        self.histogram = spec.kind is InstrumentKind.HISTOGRAM
+        self.event = self.histogram or spec.mode is CounterMode.INCREMENT
+        self.cumulative_sum = not self.event and spec.kind is not InstrumentKind.GAUGE
+        self.monotonic = spec.kind is InstrumentKind.COUNTER
 
     def live_count(self) -> int:
         return sum(len(s) for s in self.by_source.values())
 
+    def park(self, source: str, series_of: dict[AttributeSet, Any]) -> None:
+        if not self.cumulative_sum:
+            return
+        parked = self.parked
+        for attributes, series in series_of.items():
+            parked[(source, attributes)] = series
+        while len(parked) > self.max_series:  # bounded like live series: the oldest goes
+            del parked[next(iter(parked))]
+
 
 class InstrumentRegistry:
-    """Creates instruments from plans and applies data points to them.
+    """Creates instruments from plans, applies data points to their series, exports them.
 
-    ``apply`` runs on the reading thread; the observable callbacks and
-    ``add_histograms`` on the export thread. One lock keeps them apart. Nothing here
-    raises on data.
+    ``apply``, ``install`` and ``forget`` run on the reading thread; ``complete`` on the
+    export thread or a Prometheus scrape. One lock keeps them apart; nothing outside this
+    class is called while it is held.
     """
 
-    def __init__(self, meter: Meter, scope: InstrumentationScope | None = None) -> None:
-        self._meter = meter
-        self._scope = scope or InstrumentationScope(meter.name, meter.version)
+    def __init__(self, scope: InstrumentationScope | None = None) -> None:
+        self._scope = scope or InstrumentationScope(METER_NAME, __version__)
         self._lock = threading.Lock()
         self._instruments: dict[str, _Instrument] = {}
 
@@ -153,8 +129,8 @@ class InstrumentRegistry:
                 if current is not None and current.spec.identity != spec.identity:
                     raise InstrumentConflict(
                         f"instrument {spec.name!r} would change from {current.spec.describe()} "
-                        f"to {spec.describe()}; the OpenTelemetry SDK cannot redefine an "
-                        "instrument in a running process: rename it, or restart the bridge"
+                        f"to {spec.describe()}; a metric's type, unit and buckets stay what "
+                        "its consumers first saw: rename it, or restart the bridge"
                     )
 
     def install(self, plans: Sequence[Plan]) -> None:
@@ -162,48 +138,23 @@ class InstrumentRegistry:
         self.check(plans)
         wanted: dict[str, tuple[InstrumentSpec, int]] = {}
         for plan in plans:
-            max_series = plan.max_series
             for spec in plan.instruments:
-                wanted[spec.name] = (spec, max_series)
+                wanted[spec.name] = (spec, plan.max_series)
         with self._lock:
             for name, instrument in self._instruments.items():
-                if name not in wanted:
+                if name not in wanted and not instrument.retired:
                     instrument.retired = True
+                    for source, series_of in instrument.by_source.items():
+                        instrument.park(source, series_of)
                     instrument.by_source.clear()
-                    instrument.parked.clear()
             for name, (spec, max_series) in wanted.items():
                 live = self._instruments.get(name)
                 if live is None:
                     live = self._instruments[name] = _Instrument(spec, max_series)
-                    self._create(live)
+                else:
+                    live.spec = spec  # the description may have changed
                 live.retired = False
                 live.max_series = max_series
-
-    def _create(self, instrument: _Instrument) -> None:
-        spec = instrument.spec
-        if spec.kind is InstrumentKind.HISTOGRAM:
-            return  # aggregated here; see add_histograms
-        kw: dict[str, Any] = {"name": spec.name, "unit": spec.unit, "description": spec.description}
-        callbacks = [self._callback(instrument)]
-        if spec.kind is InstrumentKind.GAUGE:
-            self._meter.create_observable_gauge(callbacks=callbacks, **kw)
-        elif spec.kind is InstrumentKind.COUNTER:
-            self._meter.create_observable_counter(callbacks=callbacks, **kw)
-        else:
-            self._meter.create_observable_up_down_counter(callbacks=callbacks, **kw)
-
-    def _callback(self, instrument: _Instrument) -> Any:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with self._lock:
-                if instrument.retired:
-                    return []
-                return [
-                    Observation(_exportable(series.base + series.value), series.attributes)
-                    for by_attrs in instrument.by_source.values()
-                    for series in by_attrs.values()
-                ]
-
-        return observe
 
     # --- data ----------------------------------------------------------------------------
 
@@ -213,114 +164,173 @@ class InstrumentRegistry:
         points: list[Point],
         *,
         replaces: bool,
+        first_new: int = 0,
+        events: bool = True,
+        one_record: bool = False,
+        start_ns: int = UNKNOWN_START,
         counts: Counter[str] | None = None,
     ) -> list[Drop]:
-        """Apply one read's points. ``replaces``: they are the source's whole current state.
+        """Apply one read's points, in file order.
 
-        Adds the points applied per metric to ``counts``; returns the points refused by the
-        cardinality guard, as drops.
+        ``replaces``: the points are the source's whole current state. ``points[:first_new]``
+        come from records applied before (a history array read again): they set state but
+        add no event and are not counted again. ``events`` False: the new points add no
+        event either (a document rewritten under the same version key). ``one_record``:
+        the points come from one record, where two running totals for one series are a
+        mapping mistake. ``start_ns``: the job's start, when the mapping names it.
+
+        Adds the points applied per metric to ``counts``; returns the points refused (by
+        the cardinality guard, or as duplicates), as drops.
         """
         drops: list[Drop] = []
         applied: Counter[str] = Counter() if counts is None else counts
+        now_ns = time.time_ns()
+        if start_ns > now_ns:
+            start_ns = now_ns  # a start in the future: the clocks disagree; never after a point
         with self._lock:
-            fresh: dict[str, dict[AttributeSet, _Series]] = {}
             instruments = self._instruments
-            for rule, attributes, value in points:
+            newest: dict[str, dict[AttributeSet, tuple[MetricRule, float | int]]] = {}
+            for i, (rule, attributes, value) in enumerate(points):
                 name = rule.name
                 instrument = instruments.get(name)
                 if instrument is None or instrument.retired:
                     continue
-                spec = instrument.spec
-                old = instrument.by_source.get(source)
-                if instrument.histogram:
-                    # Observations accumulate whatever the read: a histogram is not a state.
-                    if old is None:
-                        old = instrument.by_source[source] = {}
-                    observed = old.get(attributes)
-                    if observed is None:
-                        if self._over_limit(instrument, rule, drops, instrument.live_count()):
-                            continue
-                        observed = old[attributes] = _HistogramSeries(
-                            dict(attributes), spec.buckets or ()
+                if instrument.event:
+                    if (
+                        events
+                        and i >= first_new
+                        and self._add_event(
+                            instrument, source, rule, attributes, value, now_ns, drops
                         )
-                    observed.record(value)
-                    applied[name] += 1
+                    ):
+                        applied[name] += 1
                     continue
-                snapshot = replaces and spec.mode is not CounterMode.INCREMENT
-                if snapshot:
-                    target = fresh.get(name)
-                    if target is None:
-                        target = fresh[name] = {}
-                elif old is None:
-                    target = old = instrument.by_source[source] = {}
-                else:
-                    target = old
-                series = target.get(attributes)
-                if series is None:
-                    # A series seen in the previous read carries on (counters keep their run).
-                    series = old.get(attributes) if old is not None else None
-                    if series is None:
-                        series = instrument.parked.pop((source, attributes), None)
-                    if series is None:
-                        live = instrument.live_count()
-                        if snapshot:  # this read replaces the source's old series
-                            live += len(target) - len(old or ())
-                        if self._over_limit(instrument, rule, drops, live):
-                            continue
-                        series = _Series(dict(attributes))
-                    target[attributes] = series
-                elif snapshot and spec.mode is CounterMode.TOTAL:
+                latest = newest.get(name)
+                if latest is None:
+                    latest = newest[name] = {}
+                elif one_record and instrument.monotonic and attributes in latest:
                     # Two running totals for one series in one document (a for_each without
                     # a distinguishing attribute): taking both would look like a reset.
                     detail = f"{name} already has a running total for {dict(attributes)} here"
                     drops.append(Drop(rule, DropReason.DUPLICATE, detail))
                     continue
-                if spec.mode is None:
-                    series.value = value  # a gauge: the newest value
-                else:
-                    _update(spec, series, value)
-                applied[name] += 1
+                latest[attributes] = (rule, value)
+                if i >= first_new:
+                    applied[name] += 1
+            for name, latest in newest.items():
+                self._set_state(instruments[name], source, latest, replaces, start_ns, drops)
             if replaces:
-                for instrument in self._instruments.values():
-                    if instrument.spec.mode is CounterMode.INCREMENT or instrument.histogram:
+                for instrument in instruments.values():
+                    if instrument.event or instrument.retired or instrument.spec.name in newest:
                         continue
-                    replacement = fresh.get(instrument.spec.name)
-                    previous = instrument.by_source.get(source)
-                    if previous and instrument.spec.mode is not None:
-                        for attributes in previous.keys() - (replacement or {}).keys():
-                            _park(instrument, source, attributes, previous[attributes])
-                    if replacement:
-                        instrument.by_source[source] = replacement
-                    else:
-                        instrument.by_source.pop(source, None)
+                    gone = instrument.by_source.pop(source, None)
+                    if gone:
+                        instrument.park(source, gone)
         return drops
+
+    def _add_event(
+        self,
+        instrument: _Instrument,
+        source: str,
+        rule: MetricRule,
+        attributes: AttributeSet,
+        value: float | int,
+        now_ns: int,
+        drops: list[Drop],
+    ) -> bool:
+        series_of = instrument.by_source.get(source)
+        if series_of is None:
+            series_of = instrument.by_source[source] = {}
+        series = series_of.get(attributes)
+        if series is None:
+            if self._over_limit(instrument, rule, drops, instrument.live_count()):
+                return False
+            # The bridge starts aggregating now: a true reset at a known start.
+            if instrument.histogram:
+                series = HistogramSeries(dict(attributes), instrument.spec.buckets or (), now_ns)
+            else:
+                series = NumberSeries(dict(attributes), 0, now_ns)
+            series_of[attributes] = series
+        if isinstance(series, HistogramSeries):
+            series.record(value)
+        else:
+            series.value += value
+        return True
+
+    def _set_state(
+        self,
+        instrument: _Instrument,
+        source: str,
+        latest: dict[AttributeSet, tuple[MetricRule, float | int]],
+        replaces: bool,
+        start_ns: int,
+        drops: list[Drop],
+    ) -> None:
+        old: dict[AttributeSet, NumberSeries] = instrument.by_source.get(source) or {}
+        target = {} if replaces else old
+        # The guard counts the other sources' series and this source's as they will be.
+        others = instrument.live_count() - len(old)
+        cumulative = instrument.cumulative_sum
+        for attributes, (rule, value) in latest.items():
+            series = old.get(attributes)
+            if series is None:
+                live = others + (len(target) if replaces else len(old))
+                if self._over_limit(instrument, rule, drops, live):
+                    continue
+                if cumulative:
+                    series = instrument.parked.pop((source, attributes), None)
+                if series is None:
+                    series = NumberSeries(dict(attributes), value, start_ns)
+            if cumulative:
+                series.set_total(value, start_ns, monotonic=instrument.monotonic)
+            else:
+                series.value = value
+            target[attributes] = series
+        if replaces:
+            gone = {a: s for a, s in old.items() if a not in target}
+            if gone:
+                instrument.park(source, gone)
+        if target:
+            instrument.by_source[source] = target
+        else:
+            instrument.by_source.pop(source, None)
 
     def forget(self, source: str) -> None:
         """Stop reporting everything ``source`` contributed (stale, or gone)."""
         with self._lock:
             for instrument in self._instruments.values():
                 gone = instrument.by_source.pop(source, None)
-                if gone and instrument.spec.mode is not None:
-                    for attributes, series in gone.items():
-                        _park(instrument, source, attributes, series)
+                if gone:
+                    instrument.park(source, gone)
 
-    def add_histograms(self, data: MetricsData | None, resource: Resource) -> MetricsData:
-        """``data`` (one SDK collection) with the histograms aggregated here added to it."""
-        now_ns = time.time_ns()
+    # --- export --------------------------------------------------------------------------
+
+    def metrics(self, now_ns: int | None = None) -> list[Metric]:
+        """Every live series as the data model's points, stamped ``now_ns``."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        cumulative = AggregationTemporality.CUMULATIVE
+        out = []
         with self._lock:
-            metrics = []
             for instrument in self._instruments.values():
-                if not instrument.histogram or instrument.retired:
+                if instrument.retired or not instrument.by_source:
                     continue
-                points = [
-                    series.point(now_ns)
-                    for by_attrs in instrument.by_source.values()
-                    for series in by_attrs.values()
-                ]
-                if points:
-                    spec = instrument.spec
-                    histogram = Histogram(points, AggregationTemporality.CUMULATIVE)
-                    metrics.append(Metric(spec.name, spec.description, spec.unit, histogram))
+                spec = instrument.spec
+                every = [s for by_attrs in instrument.by_source.values() for s in by_attrs.values()]
+                data: Gauge | Sum | Histogram
+                if instrument.histogram:
+                    data = Histogram([s.point(now_ns) for s in every], cumulative)
+                elif spec.kind is InstrumentKind.GAUGE:
+                    data = Gauge([s.number_point(now_ns, cumulative=False) for s in every])
+                else:
+                    points = [s.number_point(now_ns, cumulative=True) for s in every]
+                    data = Sum(points, cumulative, is_monotonic=instrument.monotonic)
+                out.append(Metric(spec.name, spec.description, spec.unit, data))
+        return out
+
+    def complete(self, data: MetricsData | None, resource: Resource) -> MetricsData:
+        """``data`` (one SDK collection of the bridge's own metrics) with every mapped
+        metric added to it, in the registry's instrumentation scope."""
+        metrics = self.metrics()
         if not metrics:
             return data if data is not None else MetricsData(resource_metrics=[])
         if data is None or not data.resource_metrics:
@@ -333,7 +343,7 @@ class InstrumentRegistry:
                 scopes[i] = replace(scope_metrics, metrics=[*scope_metrics.metrics, *metrics])
                 break
         else:
-            scopes.append(ScopeMetrics(self._scope, metrics, ""))
+            scopes.insert(0, ScopeMetrics(self._scope, metrics, ""))
         return MetricsData(resource_metrics=[replace(first, scope_metrics=scopes), *rest])
 
     def _over_limit(
@@ -350,29 +360,3 @@ class InstrumentRegistry:
             _log.warning("cardinality limit reached: %s; new series are dropped", detail)
         drops.append(Drop(rule, DropReason.CARDINALITY, detail))
         return True
-
-
-def _park(instrument: _Instrument, source: str, attributes: AttributeSet, series: _Series) -> None:
-    parked = instrument.parked
-    parked[(source, attributes)] = series
-    if len(parked) > instrument.max_series:  # bounded like live series: the oldest goes
-        del parked[next(iter(parked))]
-
-
-def _update(spec: InstrumentSpec, series: _Series, value: float | int) -> None:
-    if spec.mode is CounterMode.INCREMENT:
-        series.value += value
-    elif spec.kind is InstrumentKind.COUNTER and value < series.value:
-        # The job restarted (e.g. from a checkpoint): a new run on top of the old one.
-        series.base += series.value
-        series.value = value
-    else:
-        series.value = value
-
-
-def _exportable(value: float | int) -> float | int:
-    """OTLP carries int64: a sum that grew past it goes out as a double, never an error
-    that would fail the whole export."""
-    if type(value) is int and not -INT64_MAX <= value <= INT64_MAX:
-        return float(value)
-    return value

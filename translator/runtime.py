@@ -291,6 +291,7 @@ class Bridge:
             tracked.key,
             evaluation.points,
             replaces=snapshot.replaces,
+            one_record=len(snapshot.records) == 1,
             counts=self.stats.points_emitted,
         )
         stats = self.stats
@@ -424,13 +425,13 @@ class Bridge:
             console=self._console,
         )
         self.stats.register(self._pipeline.self_meter)
-        registry = InstrumentRegistry(self._pipeline.meter)
+        registry = InstrumentRegistry()
         try:
             registry.install(self.plans)
         except InstrumentConflict as exc:
             raise ConfigError(str(exc)) from None
         resource = self._pipeline.resource
-        self._pipeline.set_completion(lambda data: registry.add_histograms(data, resource))
+        self._pipeline.set_completion(lambda data: registry.complete(data, resource))
         self._registry = registry
 
     def _export_loop(self) -> None:
