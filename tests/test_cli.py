@@ -83,7 +83,7 @@ def test_preview_json_lists_points_and_drops(tmp_path: Path) -> None:
     assert dropped["name"] == "ml.training.accuracy"
     assert dropped["dropped"] == {
         "reason": "not_a_number",
-        "detail": "$.training_metrics.accuracy = 'high'",
+        "detail": '$.training_metrics.accuracy = "high"',
         "rule": "metrics[2]",
     }
 

@@ -192,3 +192,131 @@ def test_a_nan_attribute_is_refused_since_it_would_make_a_new_series_every_time(
     plan = plan_of("  - {name: a, type: gauge, path: $.v, attributes: {lr: {path: $.lr}}}\n")
     (drop,) = evaluate(plan, {"v": 1, "lr": math.nan}).drops
     assert (drop.reason, drop.detail) == (DropReason.BAD_ATTRIBUTE, "attribute 'lr': $.lr is nan")
+
+
+def points_of(plan: Any, record: Any) -> list[tuple[str, dict[str, Any], Any]]:
+    return [(r.name, dict(a), v) for r, a, v in evaluate(plan, record).points]
+
+
+def test_a_bracketed_key_pattern_gives_one_point_per_matching_key_with_the_matched_text() -> None:
+    plan = plan_of(
+        "  - {name: ap, type: gauge, path: \"$['bbox/AP-{class}']\"}\n",
+        extra="attributes:\n  job: j\n",
+    )
+    record = {"bbox/AP": 40.1, "bbox/AP-roof": 38.7, "bbox/AP-roof-panel": 12, "bbox/AR-roof": 1}
+    assert points_of(plan, record) == [
+        ("ap", {"class": "roof", "job": "j"}, 38.7),
+        ("ap", {"class": "roof-panel", "job": "j"}, 12),
+    ]
+    # A class that appears later is picked up without a new rule.
+    assert ("ap", {"class": "chimney", "job": "j"}, 3.5) in points_of(
+        plan, {**record, "bbox/AP-chimney": 3.5}
+    )
+
+
+def test_a_dotted_key_pattern_and_every_key_pattern() -> None:
+    plan = plan_of(
+        "  - {name: loss, type: gauge, path: '$.losses.{split}'}\n"
+        "  - {name: summary, type: gauge, path: \"$['{metric}']\"}\n"
+    )
+    record = {"losses": {"train": 0.3, "eval": 0.4}, "lr": 0.1}
+    assert points_of(plan, record) == [
+        ("loss", {"split": "train"}, 0.3),
+        ("loss", {"split": "eval"}, 0.4),
+        ("summary", {"metric": "lr"}, 0.1),
+    ]
+
+
+def test_under_a_key_pattern_non_numbers_are_skipped_and_nan_follows_non_finite() -> None:
+    record = {"a": 1, "b": "text", "c": None, "d": {"x": 1}, "e": [1], "f": True, "g": math.nan}
+    plan = plan_of("  - {name: m, type: gauge, path: \"$['{k}']\"}\n")
+    result = evaluate(plan, record)
+    assert [(dict(a), v) for _, a, v in result.points] == [({"k": "a"}, 1)]
+    assert [(d.reason, d.detail) for d in result.drops] == [(DropReason.NON_FINITE, "$['g'] = NaN")]
+    kept = plan_of(
+        "  - {name: m, type: gauge, path: \"$['{k}']\", booleans: true, non_finite: keep}\n"
+    )
+    assert [dict(a)["k"] for _, a, _ in evaluate(kept, record).points] == ["a", "f", "g"]
+
+
+def test_a_key_pattern_in_for_each_names_each_element() -> None:
+    plan = plan_of(
+        "  - name: ap\n    type: gauge\n    for_each: '$.per_class.{class}'\n    path: $.AP\n"
+        "    range: {min: 0}\n"
+        "  - name: metric\n    type: gauge\n    for_each: '$.per_class.{class}'\n"
+        "    path: '$.{metric}'\n"
+    )
+    record = {"per_class": {"roof": {"AP": 38.7, "AR": 50}, "tree": {"AP": -1}}}
+    result = evaluate(plan, record)
+    assert [(r.name, dict(a), v) for r, a, v in result.points] == [
+        ("ap", {"class": "roof"}, 38.7),
+        ("metric", {"class": "roof", "metric": "AP"}, 38.7),
+        ("metric", {"class": "roof", "metric": "AR"}, 50),
+        ("metric", {"class": "tree", "metric": "AP"}, -1),
+    ]
+    assert [(d.reason, d.detail) for d in result.drops] == [
+        (DropReason.OUT_OF_RANGE, "$.AP = -1, outside range (min 0)")
+    ]
+
+
+def test_count_is_the_number_of_values_a_path_selects_and_takes_the_value_pipeline() -> None:
+    plan = plan_of(
+        "  - {name: epochs, type: counter, mode: total, count: '$.loss[*]'}\n"
+        "  - {name: good, type: gauge, count: '$.loss[?(@ < 1)]', scale: 10}\n"
+    )
+    assert points_of(plan, {"loss": [2.0, 0.9, 0.5]}) == [("epochs", {}, 3), ("good", {}, 20)]
+    assert points_of(plan, {}) == [("epochs", {}, 0), ("good", {}, 0)]
+
+
+@pytest.mark.parametrize(
+    ("bounds", "value", "kept"),
+    [
+        ("{min: 0}", -1, False),
+        ("{min: 0}", 0, True),
+        ("{max: 1}", 1.5, False),
+        ("{min: 0, max: 1}", 0.5, True),
+        ("{min: 0, max: 1}", 1, True),
+    ],
+)
+def test_range_drops_values_outside_it_as_out_of_range(bounds: str, value: Any, kept: bool) -> None:
+    got = values(f"  - {{name: a, type: gauge, path: $.v, range: {bounds}}}\n", {"v": value})
+    assert got == (([value], []) if kept else ([], ["out_of_range"]))
+
+
+def test_range_is_checked_before_scale() -> None:
+    assert values(
+        "  - {name: a, type: gauge, path: $.v, range: {max: 1}, scale: 100}\n", {"v": 0.5}
+    ) == ([50.0], [])
+
+
+def test_when_not_and_filters_in_conditions() -> None:
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: $.v, when: {not: {equals: {path: $.phase, value: warmup}}}}\n"
+        "  - {name: b, type: gauge, path: $.v, when: {exists: '$.gpus[?(@.util >= 50)]'}}\n"
+        "  - {name: c, type: gauge, path: $.v, when: {not: {exists: '$.gpus[*]'}}}\n"
+    )
+    assert [n for n, _, _ in points_of(plan, {"v": 1, "phase": "warmup"})] == ["c"]
+    busy = {"v": 1, "gpus": [{"util": 10}, {"util": 60}]}
+    assert [n for n, _, _ in points_of(plan, busy)] == ["a", "b"]
+    idle = {"v": 1, "gpus": [{"util": 10}]}
+    assert [n for n, _, _ in points_of(plan, idle)] == ["a"]
+
+
+def test_a_filter_in_for_each_selects_the_elements_that_fit() -> None:
+    plan = plan_of("  - {name: a, type: gauge, for_each: '$.g[?(@.u >= 0)]', path: $.u}\n")
+    assert points_of(plan, {"g": [{"u": 1}, {"u": -1}, {"u": "n/a"}, {"x": 2}]}) == [
+        ("a", {}, 1)
+    ]
+
+
+def test_drop_details_show_values_as_the_file_writes_them_with_a_hint() -> None:
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: $.done}\n  - {name: b, type: gauge, path: $.n}\n"
+        "  - {name: c, type: gauge, path: $.s}\n"
+    )
+    result = evaluate(plan, {"done": False, "n": None, "s": "0.5"})
+    assert [d.detail for d in result.drops] == [
+        "$.done = false (booleans: true exports true/false as 1/0)",
+        "$.n is null",
+        '$.s = "0.5" (parse_strings: true reads numbers written as text)',
+    ]

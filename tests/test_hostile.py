@@ -176,7 +176,7 @@ def test_1e400_is_a_counted_non_finite_drop_and_preview_stays_strict_json(tmp_pa
     result = evaluate(plan_for("  - {name: v, type: gauge, path: $.v}\n"), document)
     assert result.points == []
     [drop] = result.drops
-    assert (drop.reason, drop.detail) == (DropReason.NON_FINITE, "$.v = inf")
+    assert (drop.reason, drop.detail) == (DropReason.NON_FINITE, "$.v = Infinity")
 
     doc = tmp_path / "in.json"
     doc.write_bytes(b'{"v": 1e400, "w": -1e400}')
@@ -265,7 +265,7 @@ def test_a_huge_string_value_is_not_a_number_and_its_logged_detail_stays_short(
     assert result.points == []
     [drop] = result.drops
     assert drop.reason is DropReason.NOT_A_NUMBER
-    assert drop.detail.startswith("$.v = '111") and len(drop.detail) < 100
+    assert drop.detail.startswith('$.v = "111') and len(drop.detail) < 100
 
 
 def test_a_document_over_the_default_16_mib_cap_is_refused_unparsed(tmp_path: Path) -> None:

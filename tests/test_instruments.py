@@ -265,3 +265,15 @@ def test_two_running_totals_for_one_series_in_one_document_are_not_a_reset(harne
         drops = h.apply({"g": [{"v": 100}, {"v": 50}]})
     assert h.collect()["c"] == [({}, 100)]
     assert [d.reason for d in drops] == [DropReason.DUPLICATE]
+
+
+def test_cardinality_guard_covers_the_series_a_key_pattern_makes(harness_of: Any) -> None:
+    h = harness_of(
+        compile_metrics(
+            "  - {name: summary, type: gauge, path: \"$['{metric}']\"}\n",
+            extra="limits: {max_series_per_metric: 2}\n",
+        )
+    )
+    drops = h.apply({"a": 1, "b": 2, "c": 3})
+    assert [d.reason for d in drops] == [DropReason.CARDINALITY]
+    assert sorted(a["metric"] for a, _ in h.collect()["summary"]) == ["a", "b"]

@@ -97,21 +97,6 @@ BAD_MAPPINGS = [
         ],
     ),
     (
-        "JSONPath syntax error",
-        H + "  - {name: a, type: gauge, path: '$.a[?'}\n",
-        [
-            "m.yaml:3: metrics[0].path: '$.a[?' is not a valid JSONPath: Parse error near the end of string!"
-        ],
-    ),
-    (
-        "value path selecting many values",
-        H + "  - {name: a, type: gauge, path: '$.gpus[*].util'}\n",
-        [
-            "m.yaml:3: metrics[0].path: '$.gpus[*].util' may select many values; a value or "
-            "attribute path must select one (use for_each for one data point per element)"
-        ],
-    ),
-    (
         "JSONPath that computes instead of selecting",
         H + "  - {name: a, type: gauge, path: '$.a.`len`'}\n",
         [
@@ -210,6 +195,152 @@ BAD_MAPPINGS = [
             "m.yaml:4: metrics[1]: missing required key 'mode'; counters say mode: total (the "
             "file holds a running total) or mode: increment (each record holds an amount to add)",
             "m.yaml:5: metrics[2].path: 'c' is not a JSONPath; it must start with '$' (e.g. $.loss)",
+        ],
+    ),
+    (
+        "JSONPath syntax error",
+        H + "  - {name: a, type: gauge, path: '$.a[?'}\n",
+        [
+            "m.yaml:3: metrics[0].path: '$.a[?' is not a valid JSONPath: the '[' at column 4 is never closed; expected ']'; a filter reads [?(@.key >= 0)], comparing with ==, !=, <, <=, > or >=",
+        ],
+    ),
+    (
+        "value path selecting many values",
+        H + "  - {name: a, type: gauge, path: '$.gpus[*].util'}\n",
+        [
+            "m.yaml:3: metrics[0].path: '$.gpus[*].util' may select many values; a value or attribute path must select one (filters and wildcards belong in for_each, count, when: {exists/absent} and source.records)",
+        ],
+    ),
+    (
+        "JSONPath unexpected token says the column",
+        H + "  - {name: a, type: gauge, path: '$.a b'}\n",
+        [
+            "m.yaml:3: metrics[0].path: '$.a b' is not a valid JSONPath: unexpected 'b' at column 5",
+        ],
+    ),
+    (
+        "JSONPath filter with an unclosed parenthesis",
+        H + "  - {name: a, type: gauge, for_each: '$.g[?(@.u >= 0]', path: $.u}\n",
+        [
+            "m.yaml:3: metrics[0].for_each: '$.g[?(@.u >= 0]' is not a valid JSONPath: the '(' at column 6 is not closed before the ']' at column 15; expected ')'; a filter reads [?(@.key >= 0)], comparing with ==, !=, <, <=, > or >=",
+        ],
+    ),
+    (
+        "filter in a value path says where filters go",
+        H + "  - {name: a, type: gauge, path: '$.g[?(@.u >= 0)].u'}\n",
+        [
+            "m.yaml:3: metrics[0].path: '$.g[?(@.u >= 0)].u' uses a filter ([?(...)]), which may select many values; a value or attribute path must select one (filters and wildcards belong in for_each, count, when: {exists/absent} and source.records)",
+        ],
+    ),
+    (
+        "key pattern in an attribute path",
+        H + "  - {name: a, type: gauge, path: $.a, attributes: {k: {path: '$.{x}'}}}\n",
+        [
+            "m.yaml:3: metrics[0].attributes.k.path: '$.{x}' has a key pattern ({x}); key patterns are allowed in a metric's path and for_each only",
+        ],
+    ),
+    (
+        "key pattern with a filter",
+        H + "  - {name: a, type: gauge, path: '$.g[?(@.u > 0)].{k}'}\n",
+        [
+            "m.yaml:3: metrics[0].path: '$.g[?(@.u > 0)].{k}': a key pattern ({name}) works in a path of plain keys, indexes and [*] only (not with filters, slices or '..')",
+        ],
+    ),
+    (
+        "one placeholder twice",
+        H + "  - {name: a, type: gauge, path: '$.{k}.{k}'}\n",
+        [
+            "m.yaml:3: metrics[0].path: '$.{k}.{k}' uses the placeholder {k} twice; each names one attribute",
+        ],
+    ),
+    (
+        "placeholder naming a declared attribute",
+        H + "  - {name: a, type: gauge, path: \"$['AP-{class}']\", attributes: {class: x}}\n",
+        [
+            "m.yaml:3: metrics[0]: the key pattern {class} makes the attribute 'class', which is also declared in attributes; rename one",
+        ],
+    ),
+    (
+        "path and count both",
+        H + "  - {name: a, type: gauge, path: $.a, count: '$.a[*]'}\n",
+        [
+            "m.yaml:3: metrics[0]: give either 'path' (the value) or 'count' (how many values a path selects), not both",
+        ],
+    ),
+    (
+        "neither path nor count",
+        H + "  - {name: a, type: gauge}\n",
+        [
+            "m.yaml:3: metrics[0]: missing required key 'path' (the JSONPath of the value) or 'count'",
+        ],
+    ),
+    (
+        "count of a path selecting one value",
+        H + "  - {name: a, type: gauge, count: $.loss}\n",
+        [
+            "m.yaml:3: metrics[0].count: '$.loss' selects at most one value, so its count is 0 or 1; to count the elements of a list write $.loss[*]",
+        ],
+    ),
+    (
+        "range upside down",
+        H + "  - {name: a, type: gauge, path: $.a, range: {min: 1, max: 0}}\n",
+        [
+            "m.yaml:3: metrics[0].range: range min 1 is above max 0",
+        ],
+    ),
+    (
+        "empty range",
+        H + "  - {name: a, type: gauge, path: $.a, range: {}}\n",
+        [
+            "m.yaml:3: metrics[0].range: range needs min, max or both, e.g. range: {min: 0}",
+        ],
+    ),
+    (
+        "equals path selecting many",
+        H + "  - {name: a, type: gauge, path: $.a, when: {equals: {path: '$.g[*].u', value: 1}}}\n",
+        [
+            "m.yaml:3: metrics[0].when.equals.path: '$.g[*].u' may select many values; equals compares one value (to test whether any element fits, use exists: with a filter, e.g. $.items[?(@.x == 1)])",
+        ],
+    ),
+    (
+        "records with a format other than document",
+        "version: 1\nsource: {format: jsonl, records: '$.r[*]'}\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n",
+        [
+            "m.yaml:2: source.records: 'records' applies only to format: document",
+        ],
+    ),
+    (
+        "mis-indented key",
+        H + "  - name: a\n    type: gauge\n  path: $.a\n",
+        [
+            "m.yaml:5: (document): not valid YAML: expected <block end>, but found '?' (column 3): this line is indented differently from the keys above it; the keys of one mapping must start in the same column",
+        ],
+    ),
+    (
+        "key indented too far",
+        H + "  - name: a\n    type: gauge\n     path: $.a\n",
+        [
+            "m.yaml:5: (document): not valid YAML: mapping values are not allowed here (column 10): a ':' where a value was expected; is this key indented further than the keys above it, or does a value contain ': ' (then quote it)?",
+        ],
+    ),
+    (
+        "unit at the top level belongs on a metric",
+        H + "  - {name: a, type: gauge, path: $.a}\nunit: ms\n",
+        [
+            "m.yaml:4: unit: unknown key 'unit'; 'unit' belongs on a metric (an entry of metrics:)",
+        ],
+    ),
+    (
+        "bad JSONPath reported with the schema problems",
+        H
+        + "  - {name: a, type: gage, path: $.a}\n  - {name: b, type: counter, path: $.b}\n  - {name: c, type: gauge, path: '$.c[', unti: ms}\n  - {name: d, type: gauge, for_each: '$.d[?(@.x >= )]', path: $.x}\nunit: ms\n",
+        [
+            "m.yaml:3: metrics[0].type: 'gage' is not one of: gauge, counter, updowncounter, histogram (did you mean 'gauge'?)",
+            "m.yaml:4: metrics[1]: missing required key 'mode'; counters say mode: total (the file holds a running total) or mode: increment (each record holds an amount to add)",
+            "m.yaml:5: metrics[2].path: '$.c[' is not a valid JSONPath: the '[' at column 4 is never closed; expected ']'",
+            "m.yaml:5: metrics[2].unti: unknown key 'unti'; did you mean 'unit'?",
+            "m.yaml:6: metrics[3].for_each: '$.d[?(@.x >= )]' is not a valid JSONPath: unexpected ')' at column 14; a filter reads [?(@.key >= 0)], comparing with ==, !=, <, <=, > or >=",
+            "m.yaml:7: unit: unknown key 'unit'; 'unit' belongs on a metric (an entry of metrics:)",
         ],
     ),
 ]

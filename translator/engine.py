@@ -7,12 +7,13 @@ point; the other points of the record still come out.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from translator.mapping.paths import MISSING
+from translator.mapping.paths import MISSING, Captured, Path
 from translator.mapping.plan import (
     Attribute,
     AttributeValue,
@@ -91,7 +92,9 @@ def evaluate_into(
         if rule.when is not None and not _holds(rule.when, record):
             continue
         cache = resolved if rule.record_level_attributes else None
-        if rule.for_each is None:
+        if rule.key_patterns:
+            _evaluate_patterns(rule, record, root, points, drops, cache)
+        elif rule.for_each is None:
             _evaluate_element(rule, record, record, root, points, drops, cache)
         else:
             for element in rule.for_each.all(record):
@@ -126,13 +129,96 @@ def _evaluate_element(
             if spec.default is None:
                 if not spec.skip_missing:
                     detail = f"{spec.path.text} selects nothing"
+                    if raw is None:
+                        detail = f"{spec.path.text} is null"
                     drops.append(Drop(rule, DropReason.MISSING, detail))
                 return
             raw = spec.default
         value = to_number(spec, raw)
         if type(value) is DropReason:
-            drops.append(Drop(rule, value, f"{spec.path.text} = {_preview(raw)}"))
+            drops.append(Drop(rule, value, _why(spec, spec.path.text, raw, value)))
             return
+    _emit(rule, value, element, record, root, points, drops, cache)
+
+
+def _evaluate_patterns(
+    rule: MetricRule,
+    record: Any,
+    root: Any,
+    points: list[Point],
+    drops: list[Drop],
+    cache: dict[int, AttributeSet | _Refused] | None,
+) -> None:
+    """A rule with key patterns: one point per match, the matched text as attributes.
+
+    Under a value key pattern, a key whose value is not a number is not a metric (W&B's
+    ``_wandb`` object, a string note): it is skipped, not dropped.
+    """
+    spec = rule.value
+    elements: list[tuple[Any, Captured]] = (
+        [(record, ())] if rule.for_each is None else rule.for_each.matches(record)
+    )
+    for element, outer in elements:
+        if not spec.path.names:
+            before = len(points)
+            _evaluate_element(rule, element, record, root, points, drops, cache)
+            if outer and len(points) > before:
+                _add_captured(points, outer)
+            continue
+        for raw, captured in spec.path.matches(element):
+            if raw is None or type(raw) is dict or type(raw) is list:
+                continue
+            value = to_number(spec, raw)
+            if isinstance(value, DropReason):
+                if value is not DropReason.NOT_A_NUMBER:
+                    text = _matched_key(spec.path, outer + captured)
+                    drops.append(Drop(rule, value, _why(spec, text, raw, value)))
+                continue
+            before = len(points)
+            _emit(rule, value, element, record, root, points, drops, cache)
+            if len(points) > before:
+                _add_captured(points, outer + captured)
+
+
+def _add_captured(points: list[Point], captured: Captured) -> None:
+    rule, attributes, value = points[-1]
+    points[-1] = (rule, tuple(sorted(attributes + captured)), value)
+
+
+def _matched_key(path: Path, captured: Captured) -> str:
+    """The path with the placeholders filled in, for a drop's detail."""
+    text = path.text
+    for name, matched in captured:
+        text = text.replace("{" + name + "}", matched)
+    return text
+
+
+def _why(spec: ValueSpec, text: str, raw: Any, reason: DropReason) -> str:
+    detail = f"{text} = {_preview(raw)}"
+    if reason is DropReason.NOT_A_NUMBER and type(raw) is bool:
+        detail += " (booleans: true exports true/false as 1/0)"
+    elif reason is DropReason.NOT_A_NUMBER and type(raw) is str and _numeric_text(raw):
+        detail += " (parse_strings: true reads numbers written as text)"
+    if reason is DropReason.OUT_OF_RANGE and (
+        spec.range_min is not None or spec.range_max is not None
+    ):
+        low = "" if spec.range_min is None else f"min {spec.range_min:g}"
+        high = "" if spec.range_max is None else f"max {spec.range_max:g}"
+        detail += f", outside range ({', '.join(b for b in (low, high) if b)})"
+    return detail
+
+
+def _emit(
+    rule: MetricRule,
+    value: Number,
+    element: Any,
+    record: Any,
+    root: Any,
+    points: list[Point],
+    drops: list[Drop],
+    cache: dict[int, AttributeSet | _Refused] | None,
+) -> None:
+    """Append the point of ``value`` with its attributes, or the drop that prevents it."""
     if rule.monotonic and value < 0:
         if rule.kind is InstrumentKind.HISTOGRAM:
             what = "a histogram observation"  # the SDK would ignore it with a warning
@@ -189,6 +275,10 @@ def to_number(spec: ValueSpec, raw: Any) -> Number | DropReason:
             return DropReason.NOT_A_NUMBER
     else:
         return DropReason.NOT_A_NUMBER
+    if (spec.range_min is not None and value < spec.range_min) or (
+        spec.range_max is not None and value > spec.range_max
+    ):  # NaN compares false both ways: it follows non_finite below
+        return DropReason.OUT_OF_RANGE
     if spec.scale is not None:
         value = value * spec.scale
     if spec.offset is not None:
@@ -267,9 +357,11 @@ def _utf8_encodable(text: str) -> bool:
 
 
 def _holds(condition: Condition, record: Any) -> bool:
-    if condition.exists is not None and condition.exists.first(record) in (MISSING, None):
+    if condition.negated is not None and _holds(condition.negated, record):
         return False
-    if condition.absent is not None and condition.absent.first(record) not in (MISSING, None):
+    if condition.exists is not None and not _selects(condition.exists, record):
+        return False
+    if condition.absent is not None and _selects(condition.absent, record):
         return False
     if condition.equals_path is not None:
         found = condition.equals_path.first(record)
@@ -280,6 +372,21 @@ def _holds(condition: Condition, record: Any) -> bool:
     return True
 
 
+def _numeric_text(raw: str) -> bool:
+    try:
+        float(raw[:64])
+    except ValueError:
+        return False
+    return len(raw) <= 64
+
+
+def _selects(path: Path, record: Any) -> bool:
+    """The path selects a value that is not null (any one of many, for a filter)."""
+    if path.singular:
+        return path.first(record) not in (MISSING, None)
+    return any(value is not None for value in path.all(record))
+
+
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", type(None): "null"}.get(
         type(value), type(value).__name__
@@ -287,5 +394,14 @@ def _json_type(value: Any) -> str:
 
 
 def _preview(raw: Any) -> str:
+    """``raw`` as the file writes it (``false``, ``null``, ``"high"``, ``NaN``), shortened."""
+    kind = type(raw)
+    if kind is str:
+        text = json.dumps(raw[:40])
+        return text if len(raw) <= 40 else text[:-1] + '..."'
+    if kind is bool or raw is None:
+        return json.dumps(raw)
+    if kind is float and raw - raw != 0:
+        return "NaN" if raw != raw else ("Infinity" if raw > 0 else "-Infinity")
     text = repr(raw) if not isinstance(raw, dict | list) else _json_type(raw)
     return text if len(text) <= 40 else text[:37] + "..."

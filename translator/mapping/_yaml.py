@@ -30,8 +30,24 @@ _YAML12_FLOAT = re.compile(r"^[-+]?(?:\.\d+|\d+(?:\.\d*)?)[eE][-+]?\d+$")
 #: to YAML 1.1) become the number people mean; a description "1e5" stays text.
 _NUMERIC_KEYS = frozenset(
     {"scale", "offset", "default", "value", "stale_after_s", "max_bytes", "max_series_per_metric"}
+    | {"min", "max"}  # range:
 )
 _NUMERIC_LISTS_AND_MAPS = frozenset({"buckets", "map"})
+
+
+#: What PyYAML's messages for the commonest slips mean, said for a person editing a mapping.
+_YAML_HINTS = (
+    (
+        "expected <block end>",
+        "this line is indented differently from the keys above it; the keys of one mapping "
+        "must start in the same column",
+    ),
+    (
+        "mapping values are not allowed here",
+        "a ':' where a value was expected; is this key indented further than the keys above "
+        "it, or does a value contain ': ' (then quote it)?",
+    ),
+)
 
 
 def _numeric_place(path: YamlPath) -> bool:
@@ -150,6 +166,9 @@ def load_yaml(text: str, file: str) -> tuple[LoadedYaml | None, list[Problem]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = exc.problem or exc.context or "invalid YAML"
+        for start, hint in _YAML_HINTS:
+            if what.startswith(start) and mark is not None:
+                what += f" (column {mark.column + 1}): {hint}"
         return None, [Problem(file, line, "", f"not valid YAML: {what}")]
     except yaml.YAMLError as exc:
         return None, [Problem(file, None, "", f"not valid YAML: {exc}")]

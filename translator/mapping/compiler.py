@@ -20,7 +20,7 @@ from typing import Any
 
 from translator.errors import MappingError, Problem
 from translator.mapping._yaml import LoadedYaml, YamlPath, format_path, load_yaml
-from translator.mapping.paths import Path, PathSyntaxError, compile_path
+from translator.mapping.paths import Path, PathSyntaxError, compile_path, counting
 from translator.mapping.plan import (
     Attribute,
     AttributeValue,
@@ -100,6 +100,12 @@ def compile_mapping(
 
         problems = list(schema_problems(loaded, file))
         if problems:
+            # The compiler needs a schema-valid file; its JSONPath checks do not, and a bad
+            # path should not wait for the other mistakes to be fixed to be reported.
+            reported = {(p.line, p.yaml_path) for p in problems}
+            problems += [
+                p for p in _path_problems(loaded, file) if (p.line, p.yaml_path) not in reported
+            ]
             raise MappingError(_in_file_order(problems))
     compiler = _Compiler(loaded, file, environ, default_source_path)
     try:
@@ -114,6 +120,43 @@ def compile_mapping(
     if compiler.problems:
         raise MappingError(_in_file_order(compiler.problems))
     return plan
+
+
+#: Keys whose string values are JSONPaths, wherever they appear in a mapping.
+_PATH_KEYS = frozenset(
+    {"path", "root_path", "for_each", "count", "exists", "absent", "version_path", "records"}
+)
+
+
+def _path_problems(loaded: LoadedYaml, file: str) -> list[Problem]:
+    """JSONPath syntax errors anywhere in the file, found without trusting its structure."""
+    problems = []
+
+    def visit(node: Any, where: YamlPath) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                is_file_path = where == ("source",) and key == "path"
+                if key in _PATH_KEYS and isinstance(value, str) and not is_file_path:
+                    if value.startswith("$"):  # the schema reports the others
+                        check(value, (*where, key))
+                elif key == "record_key" and isinstance(value, list):
+                    for i, item in enumerate(value):
+                        if isinstance(item, str) and item.startswith("$"):
+                            check(item, (*where, key, i))
+                else:
+                    visit(value, (*where, key))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                visit(item, (*where, i))
+
+    def check(text: str, where: YamlPath) -> None:
+        try:
+            compile_path(text)
+        except PathSyntaxError as exc:
+            problems.append(Problem(file, loaded.line_of(where), format_path(where), str(exc)))
+
+    visit(loaded.data, ())
+    return problems
 
 
 def _in_file_order(problems: list[Problem]) -> list[Problem]:
@@ -141,17 +184,33 @@ class _Compiler:
             Problem(self.file, self.loaded.line_of(path), format_path(path), message)
         )
 
-    def path(self, text: str, where: YamlPath, *, singular: bool = False) -> Path | None:
+    def path(
+        self, text: str, where: YamlPath, *, singular: bool = False, patterns: bool = False
+    ) -> Path | None:
+        """Compile ``text`` at ``where``. ``singular``: it must select one value (a value or
+        attribute); ``patterns``: ``{name}`` key patterns are allowed (path, for_each)."""
         try:
             compiled = compile_path(text)
         except PathSyntaxError as exc:
             self.problem(where, str(exc))
             return None
-        if singular and not compiled.singular:
+        if compiled.names and not patterns:
             self.problem(
                 where,
-                f"{text!r} may select many values; a value or attribute path must select one "
-                "(use for_each for one data point per element)",
+                f"{text!r} has a key pattern ({{{compiled.names[0]}}}); key patterns are "
+                "allowed in a metric's path and for_each only",
+            )
+            return None
+        if singular and not compiled.singular:
+            if compiled.uses_filter:
+                reason = "uses a filter ([?(...)]), which may select many values"
+            else:
+                reason = "may select many values"
+            self.problem(
+                where,
+                f"{text!r} {reason}; a value or attribute path must select one (filters and "
+                "wildcards belong in for_each, count, when: {exists/absent} and "
+                "source.records)",
             )
             return None
         return compiled
@@ -176,7 +235,7 @@ class _Compiler:
     def source(self, spec: dict[str, Any]) -> SourceSpec:
         where: YamlPath = ("source",)
         fmt = SourceFormat(spec.get("format", "document"))
-        if fmt is SourceFormat.JSONL:
+        if fmt is not SourceFormat.DOCUMENT:
             for key in ("version_path", "records", "record_key"):
                 if key in spec:
                     self.problem((*where, key), f"{key!r} applies only to format: document")
@@ -244,8 +303,10 @@ class _Compiler:
         where: YamlPath = ("metrics", index)
         kind = InstrumentKind(spec["type"])
         count_before = len(self.problems)
-        value_path = self.path(spec["path"], (*where, "path"), singular=True)
-        for_each = self.path(spec["for_each"], (*where, "for_each")) if "for_each" in spec else None
+        value_path = self.value_path(spec, where)
+        for_each = None
+        if "for_each" in spec:
+            for_each = self.path(spec["for_each"], (*where, "for_each"), patterns=True)
         when = self.condition(spec["when"], (*where, "when")) if "when" in spec else None
         buckets = None
         if "buckets" in spec:
@@ -258,6 +319,20 @@ class _Compiler:
                 )
         own = self.attributes(spec.get("attributes", {}), (*where, "attributes"))
         merged = {a.key: a for a in common} | {a.key: a for a in own}
+        placeholders = [n for p in (for_each, value_path) if p is not None for n in p.names]
+        for name in placeholders:
+            if name in merged:
+                self.problem(
+                    where,
+                    f"the key pattern {{{name}}} makes the attribute {name!r}, which is also "
+                    "declared in attributes; rename one",
+                )
+        if len(set(placeholders)) < len(placeholders):
+            self.problem(
+                (*where, "for_each"),
+                "for_each and path use the same placeholder name; each names one attribute",
+            )
+        low, high = self.range(spec, where)
         enum = spec.get("map")
         if len(self.problems) > count_before or value_path is None:
             return None
@@ -290,7 +365,9 @@ class _Compiler:
                 default=spec.get("default"),
                 skip_missing=missing_value == "skip",
                 keep_non_finite=spec.get("non_finite", "drop") == "keep",
-                plain=not enum and "scale" not in spec and "offset" not in spec,
+                plain=not enum and not {"scale", "offset", "range"} & spec.keys(),
+                range_min=low,
+                range_max=high,
             ),
             mode=CounterMode(spec["mode"]) if "mode" in spec else None,
             buckets=buckets,
@@ -306,21 +383,59 @@ class _Compiler:
             ),
             monotonic=kind in (InstrumentKind.COUNTER, InstrumentKind.HISTOGRAM),
             attributes_id=id(attributes),
+            key_patterns=bool(placeholders),
+        )
+
+    def value_path(self, spec: dict[str, Any], where: YamlPath) -> Path | None:
+        """``path:`` (one value, key patterns allowed) or ``count:`` (how many are selected)."""
+        if "count" not in spec:
+            return self.path(spec["path"], (*where, "path"), singular=True, patterns=True)
+        text = spec["count"]
+        counted = self.path(text, (*where, "count"))
+        if counted is None:
+            return None
+        if counted.singular:
+            self.problem(
+                (*where, "count"),
+                f"{text!r} selects at most one value, so its count is 0 or 1; to count the "
+                f"elements of a list write {text}[*]",
+            )
+            return None
+        return counting(counted)
+
+    def range(self, spec: dict[str, Any], where: YamlPath) -> tuple[float | None, float | None]:
+        bounds = spec.get("range", {})
+        low, high = bounds.get("min"), bounds.get("max")
+        if low is not None and high is not None and low > high:
+            self.problem((*where, "range"), f"range min {low} is above max {high}")
+        return (
+            None if low is None else float(low),
+            None if high is None else float(high),
         )
 
     def condition(self, spec: dict[str, Any], where: YamlPath) -> Condition | None:
-        exists = absent = equals_path = None
+        """exists / absent hold when the path selects anything (a filter may select many);
+        equals compares one value; not negates a whole condition."""
+        exists = absent = equals_path = negated = None
         if "exists" in spec:
-            exists = self.path(spec["exists"], (*where, "exists"), singular=True)
+            exists = self.path(spec["exists"], (*where, "exists"))
         if "absent" in spec:
-            absent = self.path(spec["absent"], (*where, "absent"), singular=True)
+            absent = self.path(spec["absent"], (*where, "absent"))
         equals_value: AttributeValue | None = None
         if "equals" in spec:
-            equals_path = self.path(
-                spec["equals"]["path"], (*where, "equals", "path"), singular=True
-            )
+            text = spec["equals"]["path"]
+            equals_path = self.path(text, (*where, "equals", "path"))
+            if equals_path is not None and not equals_path.singular:
+                self.problem(
+                    (*where, "equals", "path"),
+                    f"{text!r} may select many values; equals compares one value (to test "
+                    "whether any element fits, use exists: with a filter, "
+                    "e.g. $.items[?(@.x == 1)])",
+                )
             equals_value = spec["equals"]["value"]
-        return Condition(exists, absent, equals_path, equals_value)
+        if "not" in spec:
+            negated = self.condition(spec["not"], (*where, "not"))
+        return Condition(exists, absent, equals_path, equals_value, negated)
 
     def instruments(
         self, specs: list[dict[str, Any]], rules: list[MetricRule]

@@ -60,6 +60,8 @@ class Condition:
     absent: Path | None = None
     equals_path: Path | None = None
     equals_value: AttributeValue | None = None
+    negated: Condition | None = None
+    """``not:``: holds when this condition does not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class ValueSpec:
     """Where a value is and how it becomes a number."""
 
     path: Path
+    """The value's path; for ``count:`` a path whose value is the count."""
     enum: dict[str, float] | None = None
     parse_strings: bool = False
     booleans: bool = False
@@ -76,7 +79,10 @@ class ValueSpec:
     skip_missing: bool = False
     keep_non_finite: bool = False
     plain: bool = False
-    """A number in the file is exported as it is (no map, scale or offset)."""
+    """A number in the file is exported as it is (no map, scale, offset or range)."""
+    range_min: float | None = None
+    range_max: float | None = None
+    """``range:``: bounds of the number read (before scale and offset), inclusive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,8 @@ class MetricRule:
     """Values must not be negative: counters and (in the OpenTelemetry SDK) histograms."""
     attributes_id: int = 0
     """``id(attributes)``: the engine's per-record cache key (equal lists are one tuple)."""
+    key_patterns: bool = False
+    """The value path or for_each has ``{name}`` key patterns: one point per match."""
 
 
 @dataclass(frozen=True, slots=True)

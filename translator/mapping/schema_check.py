@@ -35,6 +35,15 @@ def schema_problems(loaded: LoadedYaml, file: str) -> Iterator[Problem]:
                 yield problem
 
 
+def _home_of(key: str) -> str | None:
+    """Where a key misplaced at another level belongs (``unit:`` at the top: on a metric)."""
+    defs = schema()["$defs"]
+    for name, where in (("metric", "a metric (an entry of metrics:)"), ("source", "source:")):
+        if key in defs[name]["properties"]:
+            return where
+    return None
+
+
 def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]]:
     path: YamlPath = tuple(error.absolute_path)
     kind = error.validator
@@ -51,7 +60,19 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
         for key in sorted(set(instance) - set(allowed)):
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+            home = _home_of(key)
+            if home is not None and not close:
+                hint = f"{key!r} belongs on {home}"
             yield (*path, key), f"unknown key {key!r}; {hint}"
+    elif kind == "oneOf" and rule is schema()["$defs"]["metric"]:
+        if isinstance(instance, dict) and "path" in instance and "count" in instance:
+            yield (
+                path,
+                "give either 'path' (the value) or 'count' (how many values a path selects), "
+                "not both",
+            )
+        else:
+            yield path, "missing required key 'path' (the JSONPath of the value) or 'count'"
     elif kind == "oneOf" and rule is schema()["$defs"]["attributeValue"]:
         yield (
             path,
@@ -92,6 +113,8 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
         )
     elif kind == "pattern" and expected == "^\\$":
         yield path, f"{instance!r} is not a JSONPath; it must start with '$' (e.g. $.loss)"
+    elif kind == "minProperties" and last == "range":
+        yield path, "range needs min, max or both, e.g. range: {min: 0}"
     elif kind == "enum":
         allowed = [str(v) for v in expected]
         close = difflib.get_close_matches(str(instance), allowed, n=1)
