@@ -16,6 +16,8 @@ PYTHON ?= python3
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' $(_deploy_mk_dir)pyproject.toml)
 IMAGE ?= ml-metrics-bridge:$(VERSION)
 PROM_URL ?= http://localhost:9090
+# The collector's Prometheus endpoint, for the brief's `curl -s :8889/metrics` check.
+METRICS_URL ?= http://localhost:8889/metrics
 # How long `verify` waits for the first points (collection interval + scrape interval).
 VERIFY_WAIT_S ?= 90
 # The training Job's part: what a team applies on the platform (see k8s/kustomization.yaml).
@@ -37,8 +39,9 @@ dev-up: ## Build the bridge image and start the demo stack in the background
 dev-down: ## Stop the demo stack (volumes are kept)
 	$(COMPOSE) down
 
-verify: ## Check that Prometheus has every expected metric; names the missing ones
-	$(PYTHON) deploy/verify.py --prom-url $(PROM_URL) --wait-s $(VERIFY_WAIT_S)
+verify: ## Run the brief's queries and check every expected metric; names each empty one
+	$(PYTHON) deploy/verify.py --prom-url $(PROM_URL) --metrics-url $(METRICS_URL) \
+		--wait-s $(VERIFY_WAIT_S)
 
 build-python: ## Build the Python bridge image
 	$(DOCKER) build --tag $(IMAGE) .

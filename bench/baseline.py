@@ -53,11 +53,11 @@ class HandCodedSidecar:
         self.batches = meter.create_counter("ml.training.batch_number", unit="{batch}")
         self.epochs = meter.create_counter("ml.training.epoch", unit="{epoch}")
         self.processing_time = meter.create_histogram(
-            "ml.training.processing_time", unit="ms",
+            "ml.training.processing_time_ms", unit="ms",
             explicit_bucket_boundaries_advisory=_TIME_BUCKETS,
         )
         self.throughput = meter.create_histogram(
-            "ml.training.throughput", unit="{sample}/s",
+            "ml.training.samples_per_second", unit="{sample}/s",
             explicit_bucket_boundaries_advisory=_RATE_BUCKETS,
         )
         self._last_batch = 0
@@ -101,7 +101,7 @@ def _jsonl(path: str) -> int:
         for resource_metrics in data.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
-                    if metric.name != "ml.training.processing_time":
+                    if metric.name != "ml.training.processing_time_ms":
                         continue
                     for point in metric.data.data_points:
                         if isinstance(point, HistogramDataPoint):

@@ -25,7 +25,7 @@ from bench.modes import Mode
 from bench.processes import Measured, bridge_command, child_env, module_command, run_measured
 from bench.report import CaseResult, Row
 
-_HISTOGRAM_COUNT = re.compile(r"^\s*ml\.training\.processing_time\{[^}]*\} count=(\d+)", re.M)
+_HISTOGRAM_COUNT = re.compile(r"^\s*ml\.training\.processing_time_ms\{[^}]*\} count=(\d+)", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ def run(mode: Mode, work: Path) -> list[CaseResult]:
     a.details += [*header, *(line(k) for k in ("ours", "ours_reader", "baseline"))]
     a.details += [
         "",
-        f"Checked: the console-exporter run exported one `ml.training.processing_time` "
+        f"Checked: the console-exporter run exported one `ml.training.processing_time_ms` "
         f"histogram with count={n}; the baseline applied {n} records.",
     ]
     b.details += [*header, *(line(k) for k in ("ours_gc", "floor_json", "floor_orjson"))]

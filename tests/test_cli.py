@@ -211,7 +211,7 @@ def test_run_once_prints_the_documents_metrics_with_the_console_exporter(
     labels = "{dataset=imagenet,job.id=training-job-123,model.name=resnet-50}"
     assert f"  ml.training.loss{labels} 0.342\n" in out
     assert f"  ml.training.batch_number{labels} 150 [{{batch}}]\n" in out
-    assert f"  ml.training.processing_time{labels} count=1 sum=245 min=245 max=245 [ms]\n" in out
+    assert f"  ml.training.processing_time_ms{labels} count=1 sum=245 min=245 max=245 [ms]\n" in out
 
 
 def test_run_once_exits_1_when_the_file_is_missing(

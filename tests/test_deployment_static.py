@@ -2,26 +2,21 @@
 
 Each check runs the real tool (kubectl kustomize, kubernetes-validate, check-jsonschema,
 hadolint, yamllint, make) as a subprocess and then asserts on what was rendered, so a
-dropped securityContext field or a renamed metric fails here and not on a cluster. A tool
-that is not installed fails its test with the tool's name: the test extra installs them,
-and kubectl comes with the machine image. Nothing here needs the network.
+dropped securityContext field or a changed exporter setting fails here and not on a cluster
+(the metric names themselves: tests/test_prometheus_names.py). A tool that is not installed
+fails its test with the tool's name: the test extra installs them, and kubectl comes with
+the machine image. Nothing here needs the network.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -408,6 +403,7 @@ def test_sidecar_environment_matches_compose_and_carries_k8s_resource_attributes
     }
     attributes = dict(pair.split("=", 1) for pair in values["OTEL_RESOURCE_ATTRIBUTES"].split(","))
     expected_sources = {
+        "service.instance.id": "metadata.uid",
         "k8s.pod.name": "metadata.name",
         "k8s.namespace.name": "metadata.namespace",
         "k8s.node.name": "spec.nodeName",
@@ -507,6 +503,59 @@ def test_collector_service_exposes_otlp_and_prometheus_ports(
 # --------------------------------------------------------------------------- Collector
 
 
+def _shipped_collector_configs(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every collector configuration a deployment uses: the file compose mounts, and each
+    rendered Kubernetes ConfigMap entry that configures a prometheus exporter."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounted = [
+        m.split(":")[0]
+        for m in compose["services"]["otel-collector"]["volumes"]
+        if m.split(":")[1].endswith("config.yaml")
+    ]
+    configs = {f"compose {path}": yaml.safe_load((ROOT / path).read_text()) for path in mounted}
+    for doc in docs:
+        if doc["kind"] != "ConfigMap":
+            continue
+        for key, text in doc.get("data", {}).items():
+            parsed = yaml.safe_load(text) if key.endswith((".yaml", ".yml")) else None
+            if isinstance(parsed, dict) and "prometheus" in (parsed.get("exporters") or {}):
+                configs[f"k8s ConfigMap {doc['metadata']['name']} {key}"] = parsed
+    return configs
+
+
+def _duration_s(value: str) -> float:
+    """A Go duration as the collector reads it (only the units used here)."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a duration: {value!r}"
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def test_every_shipped_collector_config_gives_the_brief_names_and_expires_old_series(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    configs = _shipped_collector_configs(docs)
+    assert len(configs) >= 2, f"expected the compose and the k8s collector config: {configs}"
+    # The bridge's heartbeat: a live series is refreshed every COLLECTION_INTERVAL.
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    interval_s = float(compose["services"][BRIDGE]["environment"]["COLLECTION_INTERVAL"])
+    sidecar_env = {e["name"]: e.get("value") for e in _sidecar(docs)["env"]}
+    interval_s = max(interval_s, float(sidecar_env["COLLECTION_INTERVAL"]))
+    for where, config in configs.items():
+        prometheus = config["exporters"]["prometheus"]
+        assert prometheus["namespace"] == "ml_metrics", where
+        # ml_metrics_ + the OTel name, nothing appended: the brief's query names
+        # (tests/test_prometheus_names.py checks every name against this rule).
+        assert prometheus["translation_strategy"] == "UnderscoreEscapingWithoutSuffixes", where
+        # Deprecated, ignored when translation_strategy is set: it must not suggest otherwise.
+        assert "add_metric_suffixes" not in prometheus, where
+        # A series the bridge stops reporting leaves /metrics within about a minute, and a
+        # live one is refreshed at least 3 times before it could expire.
+        expiration_s = _duration_s(prometheus["metric_expiration"])
+        assert 3 * interval_s <= expiration_s <= 90, (where, expiration_s)
+        assert prometheus["resource_to_telemetry_conversion"] == {"enabled": True}, where
+
+
 def test_collector_config_exports_prometheus_under_namespace_ml_metrics() -> None:
     config = yaml.safe_load((ROOT / "deploy/otel-collector/config.yaml").read_text())
     protocols = config["receivers"]["otlp"]["protocols"]
@@ -516,8 +565,6 @@ def test_collector_config_exports_prometheus_under_namespace_ml_metrics() -> Non
     assert prometheus["endpoint"] == "0.0.0.0:8889"
     assert prometheus["namespace"] == "ml_metrics"
     assert prometheus["resource_to_telemetry_conversion"] == {"enabled": True}
-    # The suffixed names (docs/prometheus-names.md) depend on it.
-    assert prometheus["add_metric_suffixes"] is True
     assert "debug" in config["exporters"]
     pipeline = config["service"]["pipelines"]["metrics"]
     assert pipeline["receivers"] == ["otlp"]
@@ -712,193 +759,8 @@ def test_deploy_mk_declares_every_target_phony_and_keeps_the_includers_goals(
     dry = _run(make, "-n", "PROM_URL=http://prom.example:9090", *DEPLOY_TARGETS, cwd=tmp_path)
     assert dry.returncode == 0, _explain(dry)
     assert "deploy/verify.py --prom-url http://prom.example:9090" in dry.stdout
+    assert "--metrics-url http://localhost:8889/metrics" in dry.stdout
     assert "kubectl apply -k k8s/training-job/" in dry.stdout
     assert "kubectl delete -k k8s/training-job/" in dry.stdout
     assert "kubectl apply -k k8s/monitoring/" in dry.stdout
     assert "kubectl apply -k k8s/grafana-dashboard/" in dry.stdout
-
-
-# --------------------------------------------------------------------------- Metric names
-
-
-def _load_verify() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_verify", ROOT / "deploy/verify.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def verify() -> Iterator[ModuleType]:
-    module = _load_verify()
-    yield module
-    sys.modules.pop(module.__name__, None)
-
-
-_UNITS = {"ms": "milliseconds", "s": "seconds", "By": "bytes", "1": ""}
-_PER_UNITS = {"s": "second", "m": "minute", "h": "hour"}
-
-
-def _prometheus_names(name: str, unit: str, kind: str) -> list[str]:
-    """The collector's name for an OTel metric (namespace ml_metrics, suffixes on).
-
-    A transcription of the rules in docs/prometheus-names.md, limited to the units used here.
-    """
-    tokens = [t for t in re.split(r"[^a-zA-Z0-9:]+", name) if t]
-    main, _, per = unit.partition("/")
-    if main and "{" not in main:
-        suffix = _UNITS[main]
-        if suffix and suffix not in tokens:
-            tokens.append(suffix)
-    if per and "{" not in per:
-        per_suffix = "per_" + _PER_UNITS[per]
-        if per_suffix not in tokens:  # one token with `_`: never equal to a name token
-            tokens.append(per_suffix)
-    if kind == "counter":
-        tokens = [t for t in tokens if t != "total"] + ["total"]
-    if unit == "1" and kind == "gauge":
-        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
-    base = "_".join(["ml_metrics", *tokens])
-    if kind == "histogram":
-        return [f"{base}_bucket", f"{base}_sum", f"{base}_count"]
-    return [base]
-
-
-def test_name_rules_match_the_collector_examples_they_were_read_from() -> None:
-    assert _prometheus_names("ml_metrics_bridge.source.data_age", "s", "gauge") == [
-        "ml_metrics_ml_metrics_bridge_source_data_age_seconds"
-    ]
-    assert _prometheus_names("ml_metrics_bridge.export.failures", "{failure}", "counter") == [
-        "ml_metrics_ml_metrics_bridge_export_failures_total"
-    ]
-    assert _prometheus_names("throughput", "By/s", "gauge") == [
-        "ml_metrics_throughput_bytes_per_second"
-    ]
-    assert _prometheus_names("response_time_seconds", "s", "gauge") == [
-        "ml_metrics_response_time_seconds"
-    ]
-
-
-def test_default_mapping_metrics_have_the_prometheus_names_verify_expects(
-    verify: ModuleType,
-) -> None:
-    mapping = yaml.safe_load((ROOT / "mappings/ml-training.yaml").read_text())
-    expected: list[str] = []
-    for metric in mapping["metrics"]:
-        assert metric["type"] in {"gauge", "counter", "histogram"}, metric["name"]
-        expected += _prometheus_names(metric["name"], str(metric.get("unit", "")), metric["type"])
-    assert sorted(expected) == sorted(verify.TRAINING_METRICS)
-
-
-def _names_in(text: str) -> set[str]:
-    return set(re.findall(r"\bml_metrics_[a-z0-9_]+", text))
-
-
-def test_dashboard_alerts_and_docs_use_only_names_verify_knows(verify: ModuleType) -> None:
-    known = set(verify.TRAINING_METRICS) | set(verify.SELF_METRICS)
-
-    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/ml-training.json").read_text())
-    dashboard_exprs = " ".join(
-        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
-    )
-    dashboard_names = _names_in(dashboard_exprs)
-    assert dashboard_names <= known, dashboard_names - known
-    for family in (
-        "loss",
-        "accuracy_ratio",
-        "processing_time_milliseconds_bucket",
-        "throughput_per_second_bucket",
-        "source_data_age_seconds",
-    ):
-        assert any(name.endswith(family) for name in dashboard_names), family
-
-    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
-    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
-    assert _names_in(alerts["MLTrainingMetricsStale"]) == {
-        "ml_metrics_ml_metrics_bridge_source_data_age_seconds"
-    }
-    assert "> 300" in alerts["MLTrainingMetricsStale"]
-    assert _names_in(alerts["MLMetricsBridgeExportFailing"]) == {
-        "ml_metrics_ml_metrics_bridge_export_failures_total"
-    }
-
-    # The table spells out `_bucket` in full and abbreviates its `_sum` and `_count`.
-    documented = _names_in((ROOT / "docs/prometheus-names.md").read_text())
-    spelled_out = {n for n in known if not n.endswith(("_sum", "_count"))}
-    assert spelled_out <= documented, spelled_out - documented
-
-
-# --------------------------------------------------------------------------- verify.py
-
-
-class _FakePrometheus(ThreadingHTTPServer):
-    """Answers /api/v1/query like Prometheus for a fixed set of series."""
-
-    def __init__(self, series: Mapping[str, Mapping[str, str]]) -> None:
-        super().__init__(("127.0.0.1", 0), _QueryHandler)
-        self.series = series
-
-
-class _QueryHandler(BaseHTTPRequestHandler):
-    server: _FakePrometheus
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        query = urllib.parse.parse_qs(url.query).get("query", [""])[0]
-        result = []
-        if url.path == "/api/v1/query" and query in self.server.series:
-            labels = {"__name__": query, **self.server.series[query]}
-            result.append({"metric": labels, "value": [0, "1"]})
-        body = json.dumps(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Keep the test output clean."""
-
-
-def _verify_against(
-    verify: ModuleType, series: Mapping[str, Mapping[str, str]]
-) -> tuple[int, str, str]:
-    with _FakePrometheus(series) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            out, err = io.StringIO(), io.StringIO()
-            url = f"http://127.0.0.1:{server.server_address[1]}"
-            code = verify.run(["--prom-url", url], out, err)
-        finally:
-            server.shutdown()
-            thread.join()
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_verify_passes_when_every_expected_series_is_present(verify: ModuleType) -> None:
-    labels = {"job_id": "run-1", "model_name": "resnet", "dataset": "cifar10"}
-    series = {name: labels for name in verify.TRAINING_METRICS + verify.SELF_METRICS}
-    code, out, err = _verify_against(verify, series)
-    assert (code, err) == (0, "")
-    assert "OK" in out
-
-
-def test_verify_fails_naming_the_missing_and_unlabelled_metrics(verify: ModuleType) -> None:
-    labels = {"job_id": "run-1", "model_name": "resnet", "dataset": "cifar10"}
-    series: dict[str, Mapping[str, str]] = {
-        name: labels for name in verify.TRAINING_METRICS + verify.SELF_METRICS
-    }
-    del series["ml_metrics_ml_training_epoch_total"]
-    del series["ml_metrics_ml_metrics_bridge_source_data_age_seconds"]
-    series["ml_metrics_ml_training_loss"] = {"job_id": "run-1", "model_name": "resnet"}
-    code, _, err = _verify_against(verify, series)
-    assert code == 1
-    assert "missing: ml_metrics_ml_training_epoch_total" in err
-    assert "missing: ml_metrics_ml_metrics_bridge_source_data_age_seconds" in err
-    assert "no label dataset: ml_metrics_ml_training_loss" in err
-    assert err.count("\n  ") == 3

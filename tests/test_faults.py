@@ -169,7 +169,7 @@ def _outage(
     env = bridge_env(endpoint, metrics, OTEL_METRICS_EXPORTER="otlp,console")
     bridge = spawn(bridge_command("run"), env=env)
     first = receiver.wait_for_point("ml.training.batch_number", where=lambda p: p.number == step)
-    first_hist = receiver.wait_for_point("ml.training.processing_time")
+    first_hist = receiver.wait_for_point("ml.training.processing_time_ms")
     assert first_hist.histogram.count == 1
 
     collector.stop()
@@ -202,7 +202,7 @@ def _outage(
         "ml.training.batch_number", where=lambda p: p.number == step, timeout_s=15, **JOB
     )
     hist = receiver.wait_for_point(
-        "ml.training.processing_time",
+        "ml.training.processing_time_ms",
         where=lambda p: p.request_index >= batches.request_index,
         **JOB,
     )

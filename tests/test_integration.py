@@ -11,6 +11,7 @@ import re
 import signal
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def test_grpc_export_to_a_scheme_less_endpoint_carries_every_default_metric(
         "{batch}",
     )
     assert batches.temporality == "cumulative"
-    hist = grpc_receiver.wait_for_point("ml.training.processing_time").histogram
+    hist = grpc_receiver.wait_for_point("ml.training.processing_time_ms").histogram
     assert (hist.count, hist.sum) == (1, 245)
     assert list(hist.explicit_bounds)[:3] == [10, 25, 50]
     names = grpc_receiver.metric_names()
@@ -79,8 +80,39 @@ def test_grpc_export_to_a_scheme_less_endpoint_carries_every_default_metric(
         "ml.training.learning_rate",
         "ml.training.gpu_utilization",
         "ml.training.epoch",
-        "ml.training.throughput",
+        "ml.training.samples_per_second",
     } <= set(names)
+
+
+def test_each_process_has_a_service_instance_id_and_self_metrics_name_the_file_path(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics = tmp_path / "current.json"
+    write_doc(metrics, timestamp="t1")
+    spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics), name="generated")
+    # As k8s/ml-training-job.yaml does with the pod's UID from the downward API.
+    pod_uid = "7f3c2a1e-0b5d-4e8a-9c61-2d4f8e0a1b23"
+    configured = bridge_env(
+        grpc_receiver, metrics, OTEL_RESOURCE_ATTRIBUTES=f"service.instance.id={pod_uid}"
+    )
+    spawn_bridge(bridge_command("run"), env=configured, name="configured")
+
+    def instance_ids() -> set[str] | None:
+        ids = {
+            str(p.resource_attributes.get("service.instance.id"))
+            for p in grpc_receiver.points("ml.training.loss")
+        }
+        return ids if len(ids) == 2 else None
+
+    ids = grpc_receiver.wait_for(instance_ids, what="loss from both bridges")
+    assert pod_uid in ids
+    (generated,) = ids - {pod_uid}
+    assert uuid.UUID(generated).version == 4, generated
+
+    age = grpc_receiver.wait_for_point("ml_metrics_bridge.source.data_age")
+    assert age.attributes == {"file.path": str(metrics)}
+    read = grpc_receiver.wait_for_point("ml_metrics_bridge.records.read")
+    assert read.attributes == {"file.path": str(metrics)}
 
 
 def test_http_protobuf_export(
@@ -131,14 +163,14 @@ def test_an_unchanged_document_is_never_recorded_twice(
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1")
     spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
-    grpc_receiver.wait_for_point("ml.training.processing_time")
+    grpc_receiver.wait_for_point("ml.training.processing_time_ms")
     seen = grpc_receiver.request_count
     grpc_receiver.wait_for(
         lambda: grpc_receiver.request_count >= seen + 4, what="4 heartbeat exports"
     )
     metrics.write_text(metrics.read_text())  # rewritten, same content: not a new version
     grpc_receiver.wait_for(lambda: grpc_receiver.request_count >= seen + 8, what="4 more exports")
-    latest_hist = grpc_receiver.latest("ml.training.processing_time")
+    latest_hist = grpc_receiver.latest("ml.training.processing_time_ms")
     latest_batches = grpc_receiver.latest("ml.training.batch_number")
     assert latest_hist is not None and latest_hist.histogram.count == 1
     assert latest_batches is not None and latest_batches.number == 150

@@ -388,8 +388,8 @@ def test_default_mapping_compiles_to_the_brief_metrics() -> None:
         "ml.training.gpu_utilization": (InstrumentKind.GAUGE, "1", None),
         "ml.training.batch_number": (InstrumentKind.COUNTER, "{batch}", CounterMode.TOTAL),
         "ml.training.epoch": (InstrumentKind.COUNTER, "{epoch}", CounterMode.TOTAL),
-        "ml.training.processing_time": (InstrumentKind.HISTOGRAM, "ms", None),
-        "ml.training.throughput": (InstrumentKind.HISTOGRAM, "{sample}/s", None),
+        "ml.training.processing_time_ms": (InstrumentKind.HISTOGRAM, "ms", None),
+        "ml.training.samples_per_second": (InstrumentKind.HISTOGRAM, "{sample}/s", None),
     }
     keys = {a.key for a in plan.rules[0].attributes}
     assert keys == {"job.id", "model.name", "dataset"}

@@ -1,4 +1,10 @@
-"""OTEL_METRICS_EXPORTER=prometheus: a real Prometheus server scrapes the bridge and answers PromQL."""
+"""OTEL_METRICS_EXPORTER=prometheus: a real Prometheus server scrapes the bridge and answers PromQL.
+
+The bridge's own endpoint is the Python SDK's Prometheus exporter, which appends unit and
+`_total` suffixes and has no namespace; the collector path (no suffixes, namespace
+ml_metrics) is checked statically, see tests/test_prometheus_names.py and
+docs/prometheus-names.md.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import shutil
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +111,12 @@ def test_prometheus_scrapes_the_bridge_and_answers_with_the_files_values(
     assert loss["metric"]["job_id"] == "training-job-123"
     (batches,) = wait_for_query(base, "ml_training_batch_number_total", bridge)
     assert float(batches["value"][1]) == 150
-    (count,) = wait_for_query(base, "ml_training_processing_time_milliseconds_count", bridge)
+    (count,) = wait_for_query(base, "ml_training_processing_time_ms_milliseconds_count", bridge)
     assert float(count["value"][1]) == 1
+    (throughput,) = wait_for_query(base, "ml_training_samples_per_second_sum", bridge)
+    assert float(throughput["value"][1]) == 156.2
+    (age,) = wait_for_query(base, "ml_metrics_bridge_source_data_age_seconds", bridge)
+    assert age["metric"]["file_path"] == str(BRIEF)
+    (target,) = wait_for_query(base, 'target_info{service_name="ml-training-sidecar"}', bridge)
+    assert uuid.UUID(target["metric"]["service_instance_id"]).version == 4
     assert grpc_receiver.wait_for_point("ml.training.loss").number == 0.342

@@ -15,6 +15,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -45,10 +46,16 @@ SELF_METER_NAME = "ml-metrics-bridge.self"
 """The bridge's own metrics live in their own instrumentation scope."""
 
 
+SERVICE_INSTANCE_ID = str(uuid.uuid4())
+"""This process's ``service.instance.id`` unless one is configured (in Kubernetes the pod's UID,
+through OTEL_RESOURCE_ATTRIBUTES). Generated here, not left to the SDK: its own detector came
+in 1.43 and pyproject.toml allows 1.38. One per process, so every pipeline of a run shares it."""
+
+
 def build_resource(attributes: Mapping[str, Any]) -> Resource:
     """SDK defaults < the mapping's ``resource:`` < OTEL_RESOURCE_ATTRIBUTES < OTEL_SERVICE_NAME."""
-    own = {"service.name": "ml-metrics-bridge", **attributes}
-    return Resource.create(own).merge(OTELResourceDetector().detect())
+    own = {"service.name": "ml-metrics-bridge", "service.instance.id": SERVICE_INSTANCE_ID}
+    return Resource.create({**own, **attributes}).merge(OTELResourceDetector().detect())
 
 
 class _LastMessage(logging.Handler):

@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterable
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 PREFIX = "ml_metrics_bridge"
+FILE_PATH = "file.path"
+"""The attribute naming the file a self-metric is about: the semantic conventions'
+``file.path``. Not ``source.path``: ``source.*`` is their network namespace (``source.address``)."""
 
 _Reader = Callable[[], list[tuple[dict[str, str], float | int]]]
 
@@ -49,14 +52,14 @@ class Stats:
             "records.read",
             "{record}",
             "Documents or JSON Lines records applied.",
-            lambda: [({"source.path": p}, n) for p, n in list(self.records_read.items())],
+            lambda: [({FILE_PATH: p}, n) for p, n in list(self.records_read.items())],
         )
         counter(
             "read.errors",
             "{error}",
             "Failed reads of a source, by kind.",
             lambda: [
-                ({"source.path": p, "error.type": k}, n)
+                ({FILE_PATH: p, "error.type": k}, n)
                 for (p, k), n in list(self.read_errors.items())
             ],
         )
@@ -91,7 +94,7 @@ class Stats:
             f"{PREFIX}.source.data_age",
             callbacks=[
                 _callback(
-                    lambda: [({"source.path": p}, age) for p, age in self.data_age_s().items()]
+                    lambda: [({FILE_PATH: p}, age) for p, age in self.data_age_s().items()]
                 )
             ],
             unit="s",
