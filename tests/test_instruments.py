@@ -13,6 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from translator.engine import DropReason, evaluate
 from translator.instruments import InstrumentConflict, InstrumentRegistry
 from translator.mapping import Plan, compile_mapping
+from translator.series import start_time_ns
 
 
 def compile_metrics(metrics: str, extra: str = "") -> Plan:
@@ -277,3 +278,44 @@ def test_cardinality_guard_covers_the_series_a_key_pattern_makes(harness_of: Any
     drops = h.apply({"a": 1, "b": 2, "c": 3})
     assert [d.reason for d in drops] == [DropReason.CARDINALITY]
     assert sorted(a["metric"] for a, _ in h.collect()["summary"]) == ["a", "b"]
+
+
+def test_a_known_job_start_starts_the_stream_and_a_rewind_under_it_starts_a_new_one(
+    harness_of: Any,
+) -> None:
+    h = harness_of(compile_metrics("  - {name: steps, type: counter, mode: total, path: $.s}\n"))
+    job_start = 1_700_000_000 * 10**9
+    reported = []
+    for total in (250, 100, 150):
+        h.registry.apply("f.json", evaluate(h.plan, {"s": total}).points, replaces=True,
+                         start_ns=job_start)  # fmt: skip
+        (point,) = h.points()["steps"]
+        reported.append((point.value, point.start_time_unix_nano, point.time_unix_nano))
+    assert reported[0][:2] == (250, job_start)
+    # Rewound under the same job start: a new stream that starts when it is first exported.
+    assert reported[1][0] == 100 and reported[1][1] == reported[1][2]
+    assert reported[2][:2] == (150, reported[1][1])
+    later_start = reported[2][2] + 1
+    h.registry.apply("f.json", evaluate(h.plan, {"s": 160}).points, replaces=True,
+                     start_ns=later_start)  # fmt: skip
+    (point,) = h.points()["steps"]
+    assert (point.value, point.start_time_unix_nano) == (160, later_start)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2024-10-22T10:00:00Z", 1_729_591_200 * 10**9),
+        ("2024-10-22T12:00:00+02:00", 1_729_591_200 * 10**9),
+        ("2024-10-22T10:00:00", 1_729_591_200 * 10**9),  # no zone: UTC
+        (1_729_591_200, 1_729_591_200 * 10**9),
+        (1_729_591_200.5, 1_729_591_200_500_000_000),
+    ],
+)
+def test_a_job_start_time_is_an_iso_8601_string_or_seconds(raw: Any, expected: int) -> None:
+    assert start_time_ns(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["yesterday", True, None, {"t": 1}, float("nan"), -5, 1e14])
+def test_an_unusable_job_start_time_says_what_is_wrong(raw: Any) -> None:
+    assert isinstance(start_time_ns(raw), str)

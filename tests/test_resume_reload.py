@@ -6,6 +6,7 @@ Every wait is on a condition with a timeout; nothing here sleeps and hopes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -154,3 +155,104 @@ def test_a_metric_past_2000_series_is_exported_whole_not_folded_into_an_overflow
     points = grpc_receiver.wait_for(one_export, timeout_s=30, what="an export of util")
     assert sorted(p.attributes["gpu"] for p in points) == list(range(2500))
     assert not [p for p in points if "otel.metric.overflow" in p.attributes]
+
+
+# --- running totals: resume, start times --------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+BRIEF = json.loads((ROOT / "tests/cases/brief-default/input.json").read_text())
+JOB_START_NS = 1_729_591_200 * 10**9  # the brief's job_metadata.start_time, 2024-10-22T10:00Z
+
+
+def write_brief(path: Path, timestamp: str, **metrics: Any) -> None:
+    doc = json.loads(json.dumps(BRIEF))
+    doc["timestamp"] = timestamp
+    doc["training_metrics"].update(metrics)
+    write_atomically(path, json.dumps(doc))
+
+
+def test_a_job_restarted_at_epoch_1_exports_epoch_1_in_a_new_stream_not_6(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The brief's document, epoch 5 -> 1 (the job restarted): the epoch panel must show 1."""
+    metrics = tmp_path / "current.json"
+    write_brief(metrics, "t1", epoch=5, batch_number=150)
+    spawn_bridge(bridge_command("run"), env=otlp_env(grpc_receiver, METRICS_FILE_PATH=str(metrics)))
+    before = grpc_receiver.wait_for_point("ml.training.epoch", where=lambda p: p.number == 5)
+    # The default mapping names the job's start time: the stream starts there.
+    assert before.start_time_unix_nano == JOB_START_NS
+    restarted_ns = JOB_START_NS + 3600 * 10**9
+    doc = json.loads(json.dumps(BRIEF))
+    doc["timestamp"] = "t2"
+    doc["job_metadata"]["start_time"] = "2024-10-22T11:00:00Z"
+    doc["training_metrics"].update(epoch=1, batch_number=3)
+    write_atomically(metrics, json.dumps(doc))
+    after = grpc_receiver.wait_for_point("ml.training.epoch", where=lambda p: p.number != 5)
+    assert after.number == 1
+    assert after.start_time_unix_nano == restarted_ns
+    batches = grpc_receiver.wait_for_point(
+        "ml.training.batch_number", where=lambda p: p.number != 150
+    )
+    assert (batches.number, batches.start_time_unix_nano) == (3, restarted_ns)
+
+
+def test_a_rewound_total_under_the_same_job_start_is_a_new_stream_with_the_files_value(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A Hugging Face resume from checkpoint-100: global_step 250 -> 100 -> 150 -> 200 -> 312
+    must be exported as exactly that (not 450, 562), and never down under one start time."""
+    state = tmp_path / "trainer_state.json"
+    mapping = tmp_path / "hf.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{state}'}}\n"
+        "metrics:\n"
+        "  - {name: hf.trainer.step, type: counter, mode: total, path: $.global_step}\n"
+    )
+    env = otlp_env(grpc_receiver, MAPPING_PATH=str(mapping))
+    steps = (250, 100, 150, 200, 312)
+    write_atomically(state, json.dumps({"global_step": steps[0]}))
+    spawn_bridge(bridge_command("run"), env=env)
+    for step in steps:
+        write_atomically(state, json.dumps({"global_step": step}))
+        grpc_receiver.wait_for_point("hf.trainer.step", where=lambda p, s=step: p.number == s)
+    seen = [
+        (p.number, p.start_time_unix_nano, p.time_unix_nano)
+        for p in grpc_receiver.points("hf.trainer.step")
+    ]
+    assert {n for n, _, _ in seen} == set(steps)
+    for (n1, s1, _), (n2, s2, _) in itertools.pairwise(seen):
+        assert s1 == s2 or s2 > s1
+        if s1 == s2:
+            assert n2 >= n1, f"{n1} -> {n2} under one start time"
+    # No known start: each stream's first point has its start time equal to its time.
+    firsts = {}
+    for n, start, at in seen:
+        firsts.setdefault(start, (n, at))
+    assert all(start == at for start, (_, at) in firsts.items())
+    assert firsts[min(firsts)][0] == 250 and len(firsts) == 2
+
+
+def test_a_counter_removed_by_one_reload_and_added_by_the_next_never_goes_down_under_its_start(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    document = tmp_path / "doc.json"
+    mapping = tmp_path / "mapping.yaml"
+    gauge = "  - {name: loss, type: gauge, path: $.loss}\n"
+    counter = "  - {name: steps, type: counter, mode: total, path: $.steps}\n"
+    write_atomically(mapping, "version: 1\nmetrics:\n" + gauge + counter)
+    write_atomically(document, json.dumps({"loss": 1, "steps": 105}))
+    bridge = spawn_bridge(
+        bridge_command("run"),
+        env=otlp_env(grpc_receiver, METRICS_FILE_PATH=str(document), MAPPING_PATH=str(mapping)),
+    )
+    first = grpc_receiver.wait_for_point("steps", where=lambda p: p.number == 105)
+    write_atomically(mapping, "version: 1\nmetrics:\n" + gauge)
+    bridge.wait_for_log(r"mapping reloaded .*1 instrument\(s\)", stream="stderr")
+    write_atomically(document, json.dumps({"loss": 2, "steps": 6}))
+    grpc_receiver.wait_for_point("loss", where=lambda p: p.number == 2)
+    write_atomically(mapping, "version: 1\nmetrics:\n" + gauge + counter)
+    bridge.wait_for_log(r"mapping reloaded .*2 instrument\(s\)", stream="stderr")
+    write_atomically(document, json.dumps({"loss": 3, "steps": 6}))
+    again = grpc_receiver.wait_for_point("steps", where=lambda p: p.number == 6)
+    assert again.start_time_unix_nano > first.time_unix_nano

@@ -29,6 +29,7 @@ from translator.mapping import load_plans, mapping_files
 from translator.mapping.paths import MISSING
 from translator.mapping.plan import Plan, SourceFormat
 from translator.selfmetrics import Stats
+from translator.series import UNKNOWN_START, start_time_ns
 from translator.settings import Settings
 from translator.sources import DocumentSource, JsonlSource, PathPattern, Snapshot, SourceMissing
 from translator.watch import Waker
@@ -292,6 +293,7 @@ class Bridge:
             evaluation.points,
             replaces=snapshot.replaces,
             one_record=len(snapshot.records) == 1,
+            start_ns=self._start_time(job.plan, snapshot),
             counts=self.stats.points_emitted,
         )
         stats = self.stats
@@ -311,6 +313,23 @@ class Bridge:
                 drop.detail,
                 extra={"source": path, "rule": rule},
             )
+
+    def _start_time(self, plan: Plan, snapshot: Snapshot) -> int:
+        """The job's start time the mapping names (``source.start_time_path``), in ns; 0
+        when it names none or the file's is unusable (the unknown-start rule applies)."""
+        path = plan.source.start_time_path
+        if path is None:
+            return UNKNOWN_START
+        found = path.first(snapshot.root if snapshot.root is not None else snapshot.records[-1])
+        start = start_time_ns(found) if found is not MISSING else "selects nothing"
+        if isinstance(start, str):
+            self._throttle.log(
+                logging.WARNING, ("start_time", snapshot.path),
+                "%s: source.start_time_path %s: %s; counters start when first exported",
+                snapshot.path, path.text, start, extra={"source": snapshot.path},
+            )  # fmt: skip
+            return UNKNOWN_START
+        return start
 
     def _expire(self, job: _Job, path: str, tracked: _Tracked, now: float) -> None:
         stale_after = job.plan.source.stale_after_s

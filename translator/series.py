@@ -28,6 +28,7 @@ import bisect
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
@@ -151,6 +152,27 @@ class HistogramSeries:
             float(_number(saved["min"])),
             float(_number(saved["max"])),
         )
+
+
+def start_time_ns(raw: Any) -> int | str:
+    """The job start time ``raw`` (from the document) in nanoseconds, or what is wrong
+    with it. An ISO 8601 string (a zone-less one is UTC) or seconds since 1970."""
+    kind = type(raw)
+    if kind is str:
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            return f"{raw[:40]!r} is not an ISO 8601 time"
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    elif kind is int or kind is float:
+        seconds = raw
+    else:
+        return "is not a time (an ISO 8601 string or seconds since 1970)"
+    if not 0 < seconds < 1e11:  # NaN fails too; 1e11 s is the year 5138
+        return f"{raw!r} is not a plausible time"
+    return int(seconds * 1e9)
 
 
 def exportable(value: float | int) -> float | int:

@@ -248,6 +248,11 @@ class _Compiler:
             version_path = self.path(spec["version_path"], (*where, "version_path"), singular=True)
         if "records" in spec:
             records = self.path(spec["records"], (*where, "records"))
+        start_time_path = None
+        if "start_time_path" in spec:
+            start_time_path = self.path(
+                spec["start_time_path"], (*where, "start_time_path"), singular=True
+            )
         record_key = tuple(
             p
             for i, text in enumerate(spec.get("record_key", []))
@@ -263,6 +268,7 @@ class _Compiler:
             start_at_end=spec.get("start_at", "beginning") == "end",
             max_bytes=spec.get("max_bytes", 16 * 1024 * 1024),
             stale_after_s=float(spec.get("stale_after_s", 300)),
+            start_time_path=start_time_path,
         )
 
     def attributes(

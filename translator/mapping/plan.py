@@ -124,6 +124,8 @@ class SourceSpec:
     start_at_end: bool
     max_bytes: int
     stale_after_s: float
+    start_time_path: Path | None = None
+    """Where the job's start time is: the start of its running totals' streams."""
 
 
 @dataclass(frozen=True, slots=True)
