@@ -8,6 +8,7 @@ docs/prometheus-names.md.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import urllib.parse
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from support.otlp_receiver import OtlpReceiver
 from support.process import BridgeProcess, ChildProcess, bridge_command, free_port
+from support.scripts import deploy_verify
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +122,21 @@ def test_prometheus_scrapes_the_bridge_and_answers_with_the_files_values(
     (target,) = wait_for_query(base, 'target_info{service_name="ml-training-sidecar"}', bridge)
     assert uuid.UUID(target["metric"]["service_instance_id"]).version == 4
     assert grpc_receiver.wait_for_point("ml.training.loss").number == 0.342
+
+
+def test_every_brief_query_is_promql_a_real_prometheus_accepts_and_verify_names_each_empty_one(
+    prometheus: Callable[[int], str],
+) -> None:
+    # Nothing listens on the target: every query is valid and returns nothing. A query that
+    # Prometheus refused (bad PromQL) would make verify exit 2, not 1.
+    base = prometheus(free_port())
+    out, err = io.StringIO(), io.StringIO()
+    with deploy_verify() as verify:
+        code = verify.run(["--prom-url", base, "--metrics-url", ""], out, err)
+    assert code == 1, err.getvalue()
+    for promql in verify.BRIEF_QUERIES:
+        assert f"   0 series  {promql}" in out.getvalue()
+        assert f"  empty: {promql}" in err.getvalue()
+    for name in verify.TRAINING_METRICS + verify.SELF_METRICS:
+        assert f"  missing: {name}\n" in err.getvalue()
+

@@ -15,10 +15,11 @@ README's table are checked against them. The README table is generated:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ import pytest
 import yaml
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, InMemoryMetricReader, Sum
+from support.scripts import deploy_verify
 
 from translator.selfmetrics import FILE_PATH, Stats
 from translator.simulate import TrainingSimulator
@@ -235,20 +237,10 @@ def readme_with_table(text: str, table: str) -> str:
 # --------------------------------------------------------------------------- reading the files
 
 
-def _load_verify() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_verify", ROOT / "deploy/verify.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def verify() -> Iterator[ModuleType]:
-    module = _load_verify()
-    yield module
-    sys.modules.pop(module.__name__, None)
+    with deploy_verify() as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +382,38 @@ def test_dashboard_and_alerts_use_only_labels_their_metrics_carry(
         allowed = set.intersection(*(set(_instrument_of(n, instruments).labels) for n in names))
         unknown = labels_in(promql) - allowed
         assert not unknown, f"{where}: labels {sorted(unknown)} are not on {sorted(names)}"
+
+
+def _as_promql(grafana_query: str) -> str:
+    """A dashboard query as Prometheus would get it: variables filled in, label_values()
+    reduced to its series selector."""
+    query = grafana_query.replace("$__rate_interval", "1m")
+    query = re.sub(r"\$\w+", ".*", query)
+    values = re.fullmatch(r"label_values\((.*),\s*\w+\)", query)
+    return values.group(1) if values else query
+
+
+def test_every_query_shipped_is_promql_that_promtool_accepts(
+    verify: ModuleType, tmp_path: Path
+) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package: run `make system-deps`"
+    # The brief's queries and the dashboard's, as recording rules: promtool parses each one.
+    queries = [*verify.BRIEF_QUERIES, *(_as_promql(q) for q in dashboard_queries())]
+    rules = [{"record": f"shipped:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    checked = tmp_path / "queries.yml"
+    checked.write_text(yaml.safe_dump({"groups": [{"name": "shipped", "rules": rules}]}))
+
+    def promtool_check(*args: str) -> str:
+        argv = [promtool, "check", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, f"{' '.join(argv)}\n{result.stdout}{result.stderr}"
+        return result.stdout
+
+    assert f"SUCCESS: {len(rules)} rules found" in promtool_check("rules", str(checked))
+    # The Prometheus configuration and the alert rules it loads.
+    config = promtool_check("config", str(ROOT / "deploy/prometheus/prometheus.yml"))
+    assert re.search(r"SUCCESS: [1-9]\d* rules found", config), config
 
 
 def test_docs_list_the_brief_queries_verify_runs(verify: ModuleType) -> None:
