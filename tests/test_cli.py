@@ -364,3 +364,26 @@ def test_resource_attributes_from_the_document_that_otlp_cannot_carry_fall_back_
     status, out, err = call("run", "--once", "--mapping", str(mapping))
     assert status == 0, err
     assert "run.id=unknown" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "hint"),
+    [
+        (
+            b'{"loss": 1}\n{"loss": 2}\n',
+            "; it looks like JSON Lines (one JSON value per line): say source.format: jsonl in the mapping",
+        ),
+        (b"step,loss\n1,0.5\n", "; it looks like CSV: say source.format: csv in the mapping"),
+    ],
+    ids=["jsonl", "csv"],
+)
+def test_preview_of_another_format_with_a_document_mapping_names_the_format(
+    tmp_path: Path, content: bytes, hint: str
+) -> None:
+    data = tmp_path / "metrics.log"
+    data.write_bytes(content)
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("version: 1\nmetrics:\n  - {name: a, type: gauge, path: $.loss}\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["preview", "--mapping", str(mapping), str(data)], out, err) == 1
+    assert err.getvalue().endswith(hint + "\n"), err.getvalue()

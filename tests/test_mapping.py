@@ -303,8 +303,8 @@ BAD_MAPPINGS = [
         ],
     ),
     (
-        "records with a format other than document",
-        "version: 1\nsource: {format: jsonl, records: '$.r[*]'}\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n",
+        "csv source with records",
+        "version: 1\nsource: {format: csv, records: '$.r[*]'}\nmetrics:\n  - {name: a, type: gauge, path: $.a}\n",
         [
             "m.yaml:2: source.records: 'records' applies only to format: document",
         ],

@@ -232,7 +232,7 @@ def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict
 
 
 def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
-    from translator.sources import parse_json
+    from translator.sources import csv_records, parse_json
 
     with open(path, "rb") as fh:
         data = fh.read()
@@ -246,10 +246,37 @@ def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
             except ValueError as exc:  # the sidecar skips such a line too, and counts it
                 stderr.write(f"{path}:{number}: not JSON ({exc}); skipped\n")
         return records, lambda record: record
-    document = parse_json(data)
+    if plan.source.format is SourceFormat.CSV:
+        rows, errors = csv_records(data)
+        for error in errors:
+            stderr.write(f"{path}: {error}\n")
+        return rows, lambda record: record
+    try:
+        document = parse_json(data)
+    except ValueError as exc:
+        raise ValueError(f"{exc}{_format_hint(data)}") from None
     if plan.source.records is not None:
         return plan.source.records.all(document), lambda record: document
     return [document], lambda record: document
+
+
+def _format_hint(data: bytes) -> str:
+    """What the file looks like, when it is not one JSON document but another format."""
+    from translator.sources import parse_json
+
+    first, _, rest = data.lstrip().partition(b"\n")
+    try:
+        parse_json(first)
+    except ValueError:
+        if b"," in first and rest.strip():
+            return "; it looks like CSV: say source.format: csv in the mapping"
+        return ""
+    if rest.strip():
+        return (
+            "; it looks like JSON Lines (one JSON value per line): say source.format: jsonl "
+            "in the mapping"
+        )
+    return ""
 
 
 def _print_table(

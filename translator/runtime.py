@@ -31,10 +31,19 @@ from translator.mapping.plan import Plan, SourceFormat
 from translator.selfmetrics import Stats
 from translator.series import UNKNOWN_START, start_time_ns
 from translator.settings import Settings
-from translator.sources import DocumentSource, JsonlSource, PathPattern, Snapshot, SourceMissing
+from translator.sources import (
+    CsvSource,
+    DocumentSource,
+    JsonlSource,
+    PathPattern,
+    Snapshot,
+    SourceMissing,
+)
 from translator.watch import Waker
 
 _log = logging.getLogger("translator")
+#: Sources that keep a file open and a checkpoint: closed when dropped, committed after use.
+_TAILED = (JsonlSource, CsvSource)
 
 #: How long the last export on shutdown may take: well inside Kubernetes' default 30 s grace.
 SHUTDOWN_EXPORT_S = 5.0
@@ -46,7 +55,7 @@ MIN_EXPORT_SPACING_S = 0.1
 
 @dataclass(slots=True)
 class _Tracked:
-    source: DocumentSource | JsonlSource
+    source: DocumentSource | JsonlSource | CsvSource
     attributes: tuple[tuple[str, str], ...]
     key: str
     """The registry's name for what this file contributes under this mapping: two
@@ -215,7 +224,7 @@ class Bridge:
                         tracked.newest_at, tracked.stale = now, False
                         self._export_wanted.set()
                     self._bad_records(path, snapshot)
-                    if isinstance(tracked.source, JsonlSource):
+                    if isinstance(tracked.source, _TAILED):
                         self._commit(tracked.source)
                 self._expire(job, path, tracked, now)
         return _Poll(more=more, retry_soon=retry_soon, all_read=all_read)
@@ -225,7 +234,7 @@ class Bridge:
         paths = job.pattern.expand()
         for gone in set(job.sources) - set(paths):
             tracked = job.sources.pop(gone)
-            if isinstance(tracked.source, JsonlSource):
+            if isinstance(tracked.source, _TAILED):
                 tracked.source.close()
             if self._registry is not None:
                 self._registry.forget(tracked.key)
@@ -242,12 +251,14 @@ class Bridge:
                 )
         return paths
 
-    def _source_for(self, plan: Plan, path: str) -> DocumentSource | JsonlSource:
+    def _source_for(self, plan: Plan, path: str) -> DocumentSource | JsonlSource | CsvSource:
         if plan.source.format is SourceFormat.JSONL:
             return JsonlSource(path, plan.source, self.settings.state_dir)
+        if plan.source.format is SourceFormat.CSV:
+            return CsvSource(path, plan.source, self.settings.state_dir)
         return DocumentSource(path, plan.source)
 
-    def _commit(self, source: JsonlSource) -> None:
+    def _commit(self, source: JsonlSource | CsvSource) -> None:
         try:
             source.commit()
         except SourceError as exc:
@@ -405,7 +416,7 @@ class Bridge:
             jobs.append(job)
         for job in old.values():
             for tracked in job.sources.values():
-                if isinstance(tracked.source, JsonlSource):
+                if isinstance(tracked.source, _TAILED):
                     tracked.source.close()
                 if self._registry is not None:
                     self._registry.forget(tracked.key)
@@ -468,7 +479,7 @@ class Bridge:
     def _finish(self, *, once: bool, clean: bool, deadline: float) -> int:
         for job in self._jobs:
             for tracked in job.sources.values():
-                if isinstance(tracked.source, JsonlSource):
+                if isinstance(tracked.source, _TAILED):
                     tracked.source.close()
         if self._pipeline is None:
             _log.warning("stopping before any document was read; nothing to export")

@@ -9,14 +9,19 @@ time (the caller logs and polls again).
 - :class:`JsonlSource`: an append-only JSON Lines file, tailed. It keeps its file open so
   that lines written just before a rotation are still read, detects truncation and
   rotation, and checkpoints its position so a restarted sidecar resumes where it was.
+- :class:`CsvSource`: a CSV file with a header, appended to or rewritten whole; each data
+  row is a record, applied once.
 - :class:`PathPattern`: a glob with named parts (``/runs/{run_id}/state.json``).
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import io
 import json
+import math
 import os
 import re
 import stat
@@ -345,9 +350,192 @@ class JsonlSource:
             return None  # a damaged checkpoint: start as configured
 
 
-def _checkpoint_file(state_dir: str, path: str) -> str:
+def _checkpoint_file(state_dir: str, path: str, kind: str = "jsonl") -> str:
     digest = hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
-    return os.path.join(state_dir, f"jsonl-{digest}.json")
+    return os.path.join(state_dir, f"{kind}-{digest}.json")
+
+
+#: A CSV row's identity: 8 bytes of its content's digest (a collision among one file's
+#: rows, about 1 in 10**19 per pair, would only skip that one row).
+_ROW_DIGEST_BYTES = 8
+_INTEGER = re.compile(r"[-+]?\d{1,18}")
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+_NON_FINITE |= {"infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
+
+
+def csv_records(data: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of CSV text whose first line is the header, and what was wrong with it.
+
+    Each data row is a record keyed by the header's names; numbers become numbers (the
+    NaN and inf that Python's csv writers print included), empty cells are absent and
+    other text stays text. Raises ValueError when the bytes are not UTF-8 or not CSV.
+    """
+    try:
+        text = data.decode("utf-8-sig")  # Excel and some Windows tools write a BOM
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        rows = csv.reader(io.StringIO(text, newline=""))
+        header = next(rows, None)
+        if header is None:
+            return [], []
+        for row in rows:
+            if not any(row):
+                continue  # a blank line
+            if len(row) > len(header):
+                errors.append(
+                    f"line {rows.line_num} has {len(row)} cells for {len(header)} header "
+                    "names; the extra cells are ignored"
+                )
+            records.append({k: _cell(v) for k, v in zip(header, row, strict=False) if v != ""})
+    except csv.Error as exc:
+        raise ValueError(f"not CSV: {exc}") from None
+    return records, errors
+
+
+def _cell(text: str) -> Any:
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _DECIMAL.fullmatch(text):
+        return float(text)
+    return _NON_FINITE.get(text.lower(), text) if len(text) <= 9 else text
+
+
+def _row_digest(record: dict[str, Any]) -> bytes:
+    return hashlib.blake2b(_canonical(record), digest_size=_ROW_DIGEST_BYTES).digest()
+
+
+class CsvSource:
+    """A CSV file with a header line; every data row is applied once.
+
+    Trainers write CSV two ways, read here the same way: whole, on each change (the size
+    cap bounds it). Keras' and Ultralytics' loggers append a row per epoch; Lightning's
+    CSVLogger rewrites the file whole, with a longer header when a new key appears (old
+    rows then have empty cells, which are absent: the same records as before). Either
+    way the rows are a sequence that grows at its end, so what was applied is kept as one
+    digest per row, in order, and a read applies the rows past the longest prefix it
+    shares with them: a file caught mid-rewrite (a prefix) gives nothing, a new run's file
+    (another first row) is applied from its start. As with JSON Lines, a half-written last
+    line waits for its newline, a file renamed away is drained through the descriptor
+    kept open, and ``STATE_DIR`` keeps the digests across restarts.
+    """
+
+    def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
+        self.path = path
+        self.spec = spec
+        self._fh: Any = None
+        self._inode: int | None = None
+        self._fingerprint: tuple[int, ...] | None = None
+        self._checked_ns = 0
+        self._saved = b""
+        self._checkpoint = _checkpoint_file(state_dir, path, "csv") if state_dir else None
+        self._applied: list[bytes] | None = self._load_checkpoint()
+        """Digests of the rows applied, in file order; None before the first read."""
+
+    def commit(self) -> None:
+        """Save what was applied (the caller applies a snapshot, then commits)."""
+        if self._checkpoint is None or self._applied is None:
+            return
+        rows = b"".join(self._applied)
+        if rows == self._saved:
+            return
+        tmp = f"{self._checkpoint}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps({"path": self.path, "rows": rows.hex()}))
+            os.replace(tmp, self._checkpoint)
+        except OSError as exc:
+            raise SourceUnavailable(
+                self.path, f"cannot write checkpoint {self._checkpoint}: {exc.strerror}"
+            ) from None
+        self._saved = rows
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def poll(self) -> Snapshot | None:
+        started_ns = time.time_ns()
+        try:
+            st = _stat_file(self.path)
+        except SourceMissing:
+            if self._fh is not None:  # renamed away: what the old file still holds first
+                drained = self._read()
+                self.close()
+                if drained is not None:
+                    return drained
+            raise
+        if self._fh is not None and st.st_ino != self._inode:
+            drained = self._read()  # rotated: finish the old file, then open the new one
+            self.close()
+            self._fingerprint = None
+            if drained is not None:
+                return drained
+        fingerprint = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if fingerprint == self._fingerprint and self._checked_ns - st.st_mtime_ns > _RACY_WINDOW_NS:
+            return None
+        if st.st_size > self.spec.max_bytes:
+            raise SourceUnavailable(
+                self.path,
+                f"is {st.st_size} bytes, over the {self.spec.max_bytes}-byte cap "
+                "(source.max_bytes)",
+            )
+        if self._fh is None:
+            self._fh = _open_regular(self.path)
+            self._inode = os.fstat(self._fh.fileno()).st_ino
+        self._fingerprint, self._checked_ns = fingerprint, started_ns
+        return self._read()
+
+    def _read(self) -> Snapshot | None:
+        cap = self.spec.max_bytes
+        try:
+            data = os.pread(self._fh.fileno(), cap + 1, 0)
+        except OSError as exc:
+            raise _read_error(self.path, exc) from None
+        if len(data) > cap:
+            raise SourceUnavailable(self.path, f"grew past the {cap}-byte cap (source.max_bytes)")
+        complete = data[: data.rfind(b"\n") + 1]  # a half-written last line waits
+        try:
+            records, errors = csv_records(complete)
+        except ValueError as exc:
+            raise DocumentInvalid(self.path, f"is not readable as CSV ({exc})", False) from None
+        digests = [_row_digest(r) for r in records]
+        applied = self._applied
+        if applied is None:  # the first read, without a checkpoint
+            applied = self._applied = []
+            if self.spec.start_at_end:
+                self._applied = digests
+                return None
+        shared = 0
+        for old, new in zip(applied, digests, strict=False):
+            if old != new:
+                break
+            shared += 1
+        if shared == len(digests):
+            return None  # nothing past what was applied (perhaps a rewrite caught midway)
+        self._applied = digests
+        return Snapshot(
+            self.path, records[shared:], None, replaces=False, read_at=time.time(),
+            errors=tuple(errors),
+        )  # fmt: skip
+
+    def _load_checkpoint(self) -> list[bytes] | None:
+        if self._checkpoint is None:
+            return None
+        try:
+            with open(self._checkpoint, "rb") as fh:
+                rows = bytes.fromhex(orjson.loads(fh.read())["rows"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged checkpoint: start as configured
+        self._saved = rows
+        n = _ROW_DIGEST_BYTES
+        return [rows[i : i + n] for i in range(0, len(rows), n)]
 
 
 def _stat_file(path: str) -> os.stat_result:
@@ -453,11 +641,13 @@ class PathPattern:
 
 
 __all__ = [
+    "CsvSource",
     "DocumentSource",
     "JsonlSource",
     "PathPattern",
     "Snapshot",
     "SourceError",
     "SourceMissing",
+    "csv_records",
     "parse_json",
 ]

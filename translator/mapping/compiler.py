@@ -240,7 +240,7 @@ class _Compiler:
                 if key in spec:
                     self.problem((*where, key), f"{key!r} applies only to format: document")
         elif "start_at" in spec:
-            self.problem((*where, "start_at"), "'start_at' applies only to format: jsonl")
+            self.problem((*where, "start_at"), "'start_at' applies only to format: jsonl or csv")
         if "record_key" in spec and "records" not in spec:
             self.problem((*where, "record_key"), "'record_key' needs 'records' (the history array)")
         version_path = records = None

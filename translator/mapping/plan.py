@@ -39,6 +39,7 @@ class Scope(StrEnum):
 class SourceFormat(StrEnum):
     DOCUMENT = "document"
     JSONL = "jsonl"
+    CSV = "csv"
 
 
 @dataclass(frozen=True, slots=True)
