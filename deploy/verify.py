@@ -238,8 +238,15 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
         except PrometheusUnavailable as exc:
             reports, last_error = None, str(exc)
         done = reports is not None and not any(r.findings for r in reports)
-        if done or time.monotonic() + args.retry_interval_s > deadline:
+        left_s = deadline - time.monotonic()
+        if done or left_s < args.retry_interval_s:
             break
+        waiting_for = (
+            f"{sum(len(r.findings) for r in reports)} check(s) not met yet"
+            if reports
+            else "Prometheus unavailable"
+        )
+        print(f"verify: {waiting_for}, retrying for {left_s:.0f} s more", file=stderr)
         time.sleep(args.retry_interval_s)
 
     if reports is None:

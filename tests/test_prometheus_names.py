@@ -460,10 +460,18 @@ def test_readme_table_is_the_generated_one(instruments: list[Instrument]) -> Non
 class _FakePrometheus(ThreadingHTTPServer):
     """Answers /api/v1/query like Prometheus for fixed queries, and /metrics like the collector."""
 
-    def __init__(self, series: Mapping[str, Mapping[str, str]], exposition: str) -> None:
+    def __init__(
+        self,
+        series: Mapping[str, Mapping[str, str]],
+        exposition: str,
+        empty_first: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _QueryHandler)
         self.series = series
         self.exposition = exposition
+        # Queries answered empty this many times before their series "arrive".
+        self.empty_first = dict(empty_first or {})
+        self.lock = threading.Lock()
 
 
 class _QueryHandler(BaseHTTPRequestHandler):
@@ -476,7 +484,10 @@ class _QueryHandler(BaseHTTPRequestHandler):
             return
         query = urllib.parse.parse_qs(url.query).get("query", [""])[0]
         result = []
-        if url.path == "/api/v1/query" and query in self.server.series:
+        with self.server.lock:
+            late = self.server.empty_first.get(query, 0)
+            self.server.empty_first[query] = late - 1
+        if url.path == "/api/v1/query" and query in self.server.series and late <= 0:
             labels = {"__name__": query, **self.server.series[query]}
             result.append({"metric": labels, "value": [0, "1"]})
         body = {"status": "success", "data": {"resultType": "vector", "result": result}}
@@ -516,14 +527,17 @@ def _verify_against(
     series: Mapping[str, Mapping[str, str]],
     exposition: str = EXPOSITION,
     metrics_url: str | None = None,
+    empty_first: Mapping[str, int] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[int, str, str]:
-    with _FakePrometheus(series, exposition) as server:
+    with _FakePrometheus(series, exposition, empty_first) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
             out, err = io.StringIO(), io.StringIO()
             url = f"http://127.0.0.1:{server.server_address[1]}"
             args = ["--prom-url", url, "--metrics-url", metrics_url or f"{url}/metrics"]
+            args += extra_args
             code = verify.run(args, out, err)
         finally:
             server.shutdown()
@@ -580,6 +594,19 @@ def test_verify_fails_naming_each_empty_query_and_each_missing_or_unlabelled_met
     assert err.startswith("verify: FAILED at http://127.0.0.1:")
     assert "4 of 16 brief queries returned nothing, 2 of 15 expected metrics missing, 1 without" in err
     assert f"   0 series  {rate}" in out
+
+
+def test_verify_waits_for_late_series_and_says_what_it_waits_for(verify: ModuleType) -> None:
+    rate = next(query for query in verify.BRIEF_QUERIES if query.startswith("rate("))
+    code, out, err = _verify_against(
+        verify,
+        _everything(verify),
+        empty_first={rate: 2},  # a rate() needs two scrapes: empty for the first passes
+        extra_args=("--wait-s", "30", "--retry-interval-s", "0.05"),
+    )
+    assert code == 0, err
+    assert err.count("verify: 1 check(s) not met yet, retrying for ") == 2, err
+    assert f"   1 series  {rate}" in out
 
 
 def test_verify_names_an_unreachable_metrics_endpoint(verify: ModuleType) -> None:
