@@ -215,12 +215,13 @@ def readme_table(mapping: Iterable[Instrument], own: Iterable[Instrument]) -> st
         shown = (
             f"`{names[0]}`, `_sum`, `_count`" if instrument.kind == "histogram" else f"`{names[0]}`"
         )
-        return f"| `{instrument.name}` ({instrument.kind}{unit}) | {shown} |"
+        labels = ", ".join(f"`{escape(key)}`" for key in sorted(instrument.attributes)) or "none"
+        return f"| `{instrument.name}` ({instrument.kind}{unit}) | {shown} | {labels} |"
 
     lines = [
         TABLE_START,
-        "| OTel instrument (type, unit) | Prometheus name through the collector |",
-        "|---|---|",
+        "| OTel instrument (type, unit) | Prometheus name through the collector | its labels |",
+        "|---|---|---|",
         *(row(i) for i in mapping),
         *(row(i) for i in own),
         TABLE_END,
