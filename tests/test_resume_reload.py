@@ -256,3 +256,106 @@ def test_a_counter_removed_by_one_reload_and_added_by_the_next_never_goes_down_u
     write_atomically(document, json.dumps({"loss": 3, "steps": 6}))
     again = grpc_receiver.wait_for_point("steps", where=lambda p: p.number == 6)
     assert again.start_time_unix_nano > first.time_unix_nano
+
+
+# --- history arrays and JSON Lines: state and events -------------------------------------
+
+_HISTORY_MAPPING = """\
+version: 1
+source: {{path: '{path}', records: '$.log_history[*]'}}
+metrics:
+  - {{name: loss, type: gauge, path: $.loss, when: {{exists: $.loss}}, attributes: {{split: train}}}}
+  - {{name: loss, type: gauge, path: $.eval_loss, when: {{exists: $.eval_loss}},
+      attributes: {{split: eval}}}}
+  - {{name: tokens, type: counter, mode: increment, path: $.tokens}}
+"""
+
+
+def test_a_history_that_shrinks_on_resume_and_regrows_exports_the_newest_records(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """Gauges: the newest record in file order. Events: every record once, re-logged
+    records included (same step, new values); an unchanged rewrite adds nothing."""
+    state = tmp_path / "trainer_state.json"
+    mapping = tmp_path / "hf.yaml"
+    mapping.write_text(_HISTORY_MAPPING.format(path=state))
+
+    def train(step: int, loss: float) -> dict[str, Any]:
+        return {"step": step, "loss": loss, "tokens": 10}
+
+    def write(*records: dict[str, Any]) -> None:
+        write_atomically(state, json.dumps({"log_history": list(records)}))
+
+    before = [train(1, 0.9), train(2, 0.8), {"step": 2, "eval_loss": 0.85}, train(3, 0.5803)]
+    write(*before)
+    spawn_bridge(bridge_command("run"), env=otlp_env(grpc_receiver, MAPPING_PATH=str(mapping)))
+    grpc_receiver.wait_for_point("tokens", where=lambda p: p.number == 30)
+    assert grpc_receiver.wait_for_point("loss", split="train").number == 0.5803
+    # Resumed from the checkpoint of step 1: the array shrinks, then re-logs steps 2 and 3.
+    write(*before[:1])
+    grpc_receiver.wait_for_point("loss", where=lambda p: p.number == 0.9, split="train")
+    resumed = [*before[:1], train(2, 0.9521), {"step": 2, "eval_loss": 0.7}, train(3, 0.7107)]
+    write(*resumed)
+    grpc_receiver.wait_for_point("loss", where=lambda p: p.number == 0.7107, split="train")
+    assert grpc_receiver.latest("loss", split="eval").number == 0.7  # type: ignore[union-attr]
+    write(*resumed, train(4, 0.6301))
+    grpc_receiver.wait_for_point("loss", where=lambda p: p.number == 0.6301, split="train")
+    # Tokens: 3 records before, 2 re-logged, 1 new: each counted once.
+    tokens = grpc_receiver.wait_for_point("tokens", where=lambda p: p.number != 30)
+    if tokens.number == 50:  # the export between the regrowth and the last record
+        tokens = grpc_receiver.wait_for_point("tokens", where=lambda p: p.number != 50)
+    assert tokens.number == 60
+    write(*resumed, train(4, 0.6301))  # rewritten, identical: nothing more
+    marker = grpc_receiver.request_count
+    grpc_receiver.wait_for_requests(marker + 3)
+    assert grpc_receiver.latest("tokens").number == 60  # type: ignore[union-attr]
+
+
+def test_a_json_lines_log_that_rewinds_on_resume_exports_the_files_values(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A Ray trial restored from a checkpoint: training_iteration 4 -> 3 -> 4 was exported
+    as 7, 8; it must be 3, 4 in a new stream, and the gauge the newest line's."""
+    log = tmp_path / "result.jsonl"
+    mapping = tmp_path / "ray.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{log}', format: jsonl}}\n"
+        "metrics:\n"
+        "  - {name: ray.iteration, type: counter, mode: total, path: $.training_iteration}\n"
+        "  - {name: ray.loss, type: gauge, path: $.loss}\n"
+    )
+    lines = [{"training_iteration": i, "loss": 1 / i} for i in (1, 2, 3, 4)]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    spawn_bridge(bridge_command("run"), env=otlp_env(grpc_receiver, MAPPING_PATH=str(mapping)))
+    first = grpc_receiver.wait_for_point("ray.iteration", where=lambda p: p.number == 4)
+    with log.open("a") as fh:
+        fh.write(json.dumps({"training_iteration": 3, "loss": 0.3}) + "\n")
+    rewound = grpc_receiver.wait_for_point("ray.iteration", where=lambda p: p.number != 4)
+    assert rewound.number == 3
+    assert rewound.start_time_unix_nano > first.start_time_unix_nano
+    assert grpc_receiver.wait_for_point("ray.loss", where=lambda p: p.number == 0.3)
+    with log.open("a") as fh:
+        fh.write(json.dumps({"training_iteration": 4, "loss": 0.25}) + "\n")
+    again = grpc_receiver.wait_for_point(
+        "ray.iteration", where=lambda p: p.number != 3 and p.time_unix_nano > rewound.time_unix_nano
+    )
+    assert (again.number, again.start_time_unix_nano) == (4, rewound.start_time_unix_nano)
+
+
+def test_a_rewrite_under_the_same_version_key_exports_its_new_values_and_no_new_event(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The default mapping keys versions by a one-second timestamp: a trainer writing twice
+    a second rewrites under the same key. The new loss must go out; the version's
+    histogram observation was counted once."""
+    metrics = tmp_path / "current.json"
+    write_brief(metrics, "2024-10-22T10:30:00Z", training_loss=0.5)
+    spawn_bridge(bridge_command("run"), env=otlp_env(grpc_receiver, METRICS_FILE_PATH=str(metrics)))
+    grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.5)
+    write_brief(metrics, "2024-10-22T10:30:00Z", training_loss=0.4)
+    grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.4)
+    assert grpc_receiver.latest("ml.training.processing_time_ms").histogram.count == 1  # type: ignore[union-attr]
+    write_brief(metrics, "2024-10-22T10:30:01Z", training_loss=0.3)
+    grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.3)
+    assert grpc_receiver.latest("ml.training.processing_time_ms").histogram.count == 2  # type: ignore[union-attr]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,16 +75,24 @@ def test_unchanged_file_is_not_read_as_a_new_version(tmp_path: Path) -> None:
     assert second is not None and second.records == [{"a": 2}]
 
 
-def test_version_key_decides_what_is_new(tmp_path: Path) -> None:
+def test_a_version_key_decides_which_events_are_new_and_content_decides_state(
+    tmp_path: Path,
+) -> None:
     f = tmp_path / "m.json"
     source = source_for(f, ", version_path: $.ts")
     f.write_text('{"ts": "t1", "a": 1}')
-    assert source.poll() is not None
+    first = source.poll()
+    assert first is not None and first.events
+    # Same version key, new content (two writes within the key's one-second resolution):
+    # the new state is read, the version's events were counted already.
     f.write_text('{"ts": "t1", "a": 2, "pad": true}')
-    assert source.poll() is None
+    rewrite = source.poll()
+    assert rewrite is not None and rewrite.records == [{"ts": "t1", "a": 2, "pad": True}]
+    assert not rewrite.events
     f.write_text('{"ts": "t2", "a": 3}')
     snapshot = source.poll()
     assert snapshot is not None and snapshot.records == [{"ts": "t2", "a": 3}]
+    assert snapshot.events
 
 
 def test_half_written_file_is_an_error_now_and_a_version_once_complete(tmp_path: Path) -> None:
@@ -143,31 +152,44 @@ def test_same_size_rewrite_within_the_timestamp_tick_is_still_seen(tmp_path: Pat
     assert snapshot is not None and snapshot.records == [{"a": 2}]
 
 
-def test_history_records_are_applied_once_across_rewrites_shrinks_and_growth(
+def test_history_records_are_new_once_by_position_and_content_across_shrinks_and_growth(
     tmp_path: Path,
 ) -> None:
     f = tmp_path / "trainer_state.json"
     plan = compile_mapping(
-        f"version: 1\nsource: {{path: {f}, records: '$.log_history[*]', record_key: [$.step, $.eval_loss]}}\n"
+        f"version: 1\nsource: {{path: {f}, records: '$.log_history[*]'}}\n"
         "metrics:\n  - {name: a, type: gauge, path: $.loss}\n",
         "m.yaml",
         environ={},
     )
     source = DocumentSource(str(f), plan.source)
 
-    def write(*records: dict[str, float]) -> list[dict[str, float]]:
+    def write(*records: dict[str, float]) -> tuple[list[Any], list[Any]]:
+        """(every record, the records not read before)."""
         f.write_text(json.dumps({"global_step": 0, "log_history": list(records)}))
         snapshot = source.poll()
-        return [] if snapshot is None else snapshot.records
+        assert snapshot is not None
+        return snapshot.records, snapshot.records[snapshot.first_new :]
 
     s1, s2 = {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}
     e2 = {"step": 2, "eval_loss": 0.95}
-    assert write(s1, s2) == [s1, s2]
-    assert write(s1, s2, e2) == [e2]  # same step, other kind of record: new
-    assert write(s1) == []  # resumed from a checkpoint: the array shrinks
-    s3 = {"step": 3, "loss": 0.8}
-    assert write(s1, {"step": 2, "loss": 0.91}, s3) == [s3]  # grows again: only the new step
-    assert not write(s1, s2, e2, s3)  # nothing new
+    assert write(s1, s2) == ([s1, s2], [s1, s2])
+    assert write(s1, s2, e2) == ([s1, s2, e2], [e2])
+    assert write(s1) == ([s1], [])  # resumed from a checkpoint: the array shrinks
+    relogged, s3 = {"step": 2, "loss": 0.91}, {"step": 3, "loss": 0.8}
+    assert write(s1, relogged, s3) == ([s1, relogged, s3], [relogged, s3])  # re-logged: new
+    # The shrink unseen (shrunk and regrown between two reads): still the re-logged ones.
+    again = {"step": 2, "loss": 0.92}
+    assert write(s1, again) == ([s1, again], [again])
+    # Equal content at two positions (a Keras history, the same loss two epochs running).
+    same = {"loss": 0.5}
+    assert write(same) == ([same], [same])
+    assert write(same, same) == ([same, same], [same])
+    # A history that keeps only its newest records: the window slid by one.
+    w = [{"step": n, "loss": n} for n in range(5)]
+    write(*w[:3])
+    assert write(*w[1:4]) == (w[1:4], [w[3]])
+    assert source.poll() is None  # unchanged: nothing at all
 
 
 def test_a_broken_document_is_retried_soon_once_then_at_the_normal_interval(tmp_path: Path) -> None:

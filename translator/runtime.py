@@ -214,7 +214,7 @@ class Bridge:
                 now = time.monotonic()
                 if snapshot is not None:
                     more |= snapshot.more
-                    if snapshot.records:
+                    if snapshot.records or snapshot.replaces:  # an emptied history too
                         if self._registry is None:
                             self._start_pipeline(snapshot.root)
                         try:
@@ -296,19 +296,29 @@ class Bridge:
         path = snapshot.path
         evaluation = Evaluation()
         extra = tracked.attributes
-        for record in snapshot.records:
+        records, seen = snapshot.records, snapshot.first_new
+        # Records read before (a history array again) give state; their points and drops
+        # were counted when they were new.
+        first_point = first_drop = 0
+        for number, record in enumerate(records):
+            if number == seen:
+                first_point, first_drop = len(evaluation.points), len(evaluation.drops)
             root = record if snapshot.root is None else snapshot.root
             evaluate_into(job.plan, record, root, evaluation, extra)
-        drops = evaluation.drops + self._registry.apply(
+        if seen >= len(records):
+            first_point, first_drop = len(evaluation.points), len(evaluation.drops)
+        drops = evaluation.drops[first_drop:] + self._registry.apply(
             tracked.key,
             evaluation.points,
             replaces=snapshot.replaces,
-            one_record=len(snapshot.records) == 1,
+            first_new=first_point,
+            events=snapshot.events,
+            one_record=len(records) == 1,
             start_ns=self._start_time(job.plan, snapshot),
             counts=self.stats.points_emitted,
         )
         stats = self.stats
-        stats.records_read[path] += len(snapshot.records)
+        stats.records_read[path] += len(records) - min(seen, len(records))
         stats.newest_data[path] = snapshot.read_at
         for drop in drops:
             rule = f"metrics[{drop.rule.index}]"
@@ -330,6 +340,8 @@ class Bridge:
         when it names none or the file's is unusable (the unknown-start rule applies)."""
         path = plan.source.start_time_path
         if path is None:
+            return UNKNOWN_START
+        if snapshot.root is None and not snapshot.records:
             return UNKNOWN_START
         found = path.first(snapshot.root if snapshot.root is not None else snapshot.records[-1])
         start = start_time_ns(found) if found is not MISSING else "selects nothing"

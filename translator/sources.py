@@ -1,11 +1,14 @@
-"""Read metrics files into :class:`Snapshot` objects, each new version exactly once.
+"""Read metrics files into :class:`Snapshot` objects, each new content exactly once.
 
 A source knows nothing of metrics: it stats, reads, parses and decides whether what it
 read is new. It raises :class:`~translator.errors.SourceError` for a read that failed this
 time (the caller logs and polls again).
 
 - :class:`DocumentSource`: one JSON document rewritten in place; opened, read, closed.
-  With ``records`` it is a history array, and each record (by its key) is applied once.
+  Any new content is a snapshot (state is what the document says now); it says whether
+  its events are new (a new version key, or new content without one). With ``records`` it
+  is a history array: every record gives state, and it says where the records not read
+  before begin (by position and content: see ``_first_new``).
 - :class:`JsonlSource`: an append-only JSON Lines file, tailed. It keeps its file open so
   that lines written just before a rotation are still read, detects truncation and
   rotation, and checkpoints its position so a restarted sidecar resumes where it was.
@@ -60,6 +63,12 @@ class Snapshot:
     """Records that could not be used (a JSON line that does not parse), each described."""
     more: bool = False
     """The source has more to read right away (a backlog larger than one read)."""
+    first_new: int = 0
+    """``records[:first_new]`` were read before (a history array read again): they give
+    state, but each record's events count once, so they add none now."""
+    events: bool = True
+    """False when the new records' events were counted already: a document rewritten
+    under the same version key (new content, same version) changes state only."""
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -93,9 +102,11 @@ class DocumentSource:
         self._fingerprint: tuple[int, ...] | None = None
         self._checked_ns = 0
         self._digest: bytes | None = None
-        self._version: Any = MISSING
         self._bad_digest: bytes | None = None
-        self._applied: set[Any] = set()
+        self._event: bytes | None = None
+        """What identifies the document's events: its version key, else its content."""
+        self._sequence: list[bytes] = []
+        """The identities of the history records last read, in file order."""
 
     def poll(self) -> Snapshot | None:
         """The new version of the document, or None when there is nothing new."""
@@ -131,42 +142,70 @@ class DocumentSource:
             ) from None
         self._bad_digest = None
         self._fingerprint, self._checked_ns, self._digest = fingerprint, started_ns, digest
-        if self.spec.version_path is not None:
-            version = self.spec.version_path.first(document)
-            if version is not MISSING and version == self._version:
-                return None
-            self._version = version
+        read_at = time.time()
         if self.spec.records is None:
-            return Snapshot(self.path, [document], document, replaces=True, read_at=time.time())
-        fresh = []
+            # State is the current content, whatever the version key says; the events of
+            # one version count once, even when a rewrite under its key changes the rest.
+            event = digest
+            if self.spec.version_path is not None:
+                version = self.spec.version_path.first(document)
+                if version is not MISSING:
+                    event = _identity(_canonical(version))
+            events, self._event = event != self._event, event
+            return Snapshot(self.path, [document], document, True, read_at, events=events)
+        records = []
+        identities = []
         errors = []
         for number, record in enumerate(self.spec.records.all(document)):
             try:
-                key = self._record_key(record)
+                identities.append(self._record_key(record))
             except ValueError as exc:
                 errors.append(f"history record {number} has no usable key ({exc}); skipped")
                 continue
-            if key not in self._applied:
-                self._applied.add(key)
-                fresh.append(record)
-        if not fresh and not errors:
-            return None
+            records.append(record)
+        first_new = _first_new(self._sequence, identities)
+        self._sequence = identities
         return Snapshot(
-            self.path, fresh, document, replaces=False, read_at=time.time(), errors=tuple(errors)
+            self.path, records, document, True, read_at, tuple(errors), first_new=first_new
         )
 
-    def _record_key(self, record: Any) -> Any:
+    def _record_key(self, record: Any) -> bytes:
         if not self.spec.record_key:
-            return _canonical(record)  # no key given: the record's content is its identity
-        key = tuple(p.first(record) for p in self.spec.record_key)
+            return _identity(_canonical(record))  # the record's content is its identity
+        key = [p.first(record) for p in self.spec.record_key]
         if all(part is MISSING for part in key):
             # Keyless records would all share one key, and only the first would count.
             raise ValueError("none of record_key selects anything in it")
-        return tuple(_hashable(part) for part in key)
+        return _identity(_canonical([None if part is MISSING else part for part in key]))
 
 
-def _hashable(value: Any) -> Any:
-    return _canonical(value) if isinstance(value, dict | list) else value
+def _identity(canonical: bytes) -> bytes:
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+def _first_new(before: list[bytes], now: list[bytes]) -> int:
+    """Where the records not read before begin in ``now``, a history array read again.
+
+    A record is identified by its position in the sequence and its identity (content, or
+    ``record_key``), so two equal records at two positions are two records. Records past
+    the common beginning are new: those appended, and those re-logged after a resume
+    shrank the array (seen shrunk or not, as long as they differ from what was there). An
+    array that keeps only its newest records (a window that slid) is recognised too.
+    """
+    common = 0
+    limit = min(len(before), len(now))
+    while common < limit and before[common] == now[common]:
+        common += 1
+    if common == 0 and now and before and now[0] != before[0]:
+        # A sliding window: ``now`` begins with a later part of ``before``.
+        try:
+            slid = before.index(now[0], 1)
+        except ValueError:
+            return 0
+        overlap = len(before) - slid
+        if before[slid:] == now[:overlap]:
+            return overlap
+    return common
 
 
 def _canonical(value: Any) -> bytes:
