@@ -97,6 +97,13 @@ def test_preview_table_reports_series_per_metric() -> None:
     assert re.search(r"^  ml\.training\.loss\s+1$", out, re.M)
 
 
+# `validate --settings` (the Job's init container) must refuse exactly what `run` refuses,
+# in the same words: each case runs through both commands.
+CHECKS_SETTINGS = pytest.mark.parametrize(
+    "command", [("run", "--once"), ("validate", "--settings")], ids=["run", "validate"]
+)
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -167,28 +174,85 @@ def test_preview_table_reports_series_per_metric() -> None:
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/hostname", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: mutual TLS needs both the client certificate and OTEL_EXPORTER_OTLP_CLIENT_KEY"),
     ],
 )
+@CHECKS_SETTINGS
 def test_bad_setting_exits_2_naming_the_variable(
-    variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    variable: str, value: str, message: str, command: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     monkeypatch.setenv(variable, value)
-    status, _, err = call("run", "--once")
+    status, out, err = call(*command)
     assert status == 2
     assert err == f"ml-metrics-bridge: configuration error:\n{message}\n"
+    assert out == ""
 
 
-def test_every_bad_setting_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+@CHECKS_SETTINGS
+def test_every_bad_setting_is_reported_at_once(
+    command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLLECTION_INTERVAL", "x")
     monkeypatch.setenv("LOG_LEVEL", "y")
-    status, _, err = call("run", "--once")
+    status, _, err = call(*command)
     assert status == 2
     assert err.count("\n") == 3
 
 
-def test_header_values_never_appear_in_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+@CHECKS_SETTINGS
+def test_header_values_never_appear_in_messages(
+    command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer s3cr3t,broken")
-    status, _, err = call("run", "--once")
+    status, _, err = call(*command)
     assert status == 2
     assert "s3cr3t" not in err and "entry 2 is not key=value" in err
+
+
+def _mapping_path_reading(variable: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """MAPPING_PATH names a mapping whose attribute `pod` comes from ``variable``."""
+    mapping = folder / "m.yaml"
+    mapping.write_text(
+        f"version: 1\nattributes:\n  pod: {{env: {variable}}}\n"
+        "metrics:\n  - {name: a, type: gauge, path: $.a}\n"
+    )
+    monkeypatch.setenv("MAPPING_PATH", str(mapping))
+    return mapping
+
+
+def test_validate_settings_accepts_the_environment_run_starts_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mapping_path_reading("POD_NAME", tmp_path, monkeypatch)
+    monkeypatch.setenv("POD_NAME", "trainer-0")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector.monitoring:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cr3t")
+    monkeypatch.setenv("COLLECTION_INTERVAL", "10")
+    monkeypatch.setenv("HEALTH_PORT", "8081")
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    valid = "settings valid\n1 of 1 mapping file(s) valid\n"
+    assert call("validate", "--settings") == (0, "", valid)
+
+
+def test_validate_settings_checks_the_mapping_path_names_with_the_real_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mapping = _mapping_path_reading("SURELY_UNSET_POD_NAME", tmp_path, monkeypatch)
+    # Plain `validate` runs on CI machines, without the pod's variables; the sidecar would
+    # refuse this mapping, and so does the check of its environment.
+    assert call("validate", str(mapping))[0] == 0
+    status, out, err = call("validate", "--settings")
+    assert status == 2
+    assert out == (
+        f"{mapping}:3: attributes.pod: environment variable SURELY_UNSET_POD_NAME is not "
+        "set and no 'default' is given\n"
+    )
+    assert err == "settings valid\n0 of 1 mapping file(s) valid\n"
+    assert call("run", "--once")[0] == 2
+
+
+@pytest.mark.parametrize("argv", [("validate",), ("validate", "--settings", "mappings")])
+def test_validate_takes_either_paths_or_settings(argv: tuple[str, ...]) -> None:
+    refused = "ml-metrics-bridge validate: give either mapping PATHs or --settings\n"
+    assert call(*argv) == (2, "", refused)
 
 
 def test_bad_mapping_at_start_exits_2_with_its_problems(tmp_path: Path) -> None:

@@ -227,10 +227,10 @@ def test_job_fails_on_its_deadline_and_judges_failures_by_container(
     pod = _job_pod(docs)
     names = {c["name"] for c in pod["initContainers"] + pod["containers"]}
     assert set(on_exit) <= names, set(on_exit) - names
-    # A mapping that does not validate (exit 2) fails the Job at once; so does the
+    # Settings or a mapping that do not validate (exit 2) fail the Job at once; so does the
     # trainer's usage error. Every exit-code rule names its container: a rule without one
     # would also judge the sidecar, whose code is that of its SIGTERM stop.
-    for container in ("validate-mapping", "trainer"):
+    for container in ("validate-config", "trainer"):
         assert on_exit[container] == {
             "action": "FailJob",
             "onExitCodes": {"containerName": container, "operator": "In", "values": [2]},
@@ -238,22 +238,71 @@ def test_job_fails_on_its_deadline_and_judges_failures_by_container(
     assert all(r["onExitCodes"].get("containerName") for r in rules if "onExitCodes" in r)
 
 
-def test_mapping_is_validated_by_a_plain_init_container_before_the_sidecar_starts(
+def test_settings_and_mapping_are_validated_by_a_plain_init_container_seeing_what_the_sidecar_sees(
     rendered: tuple[Path, list[dict[str, Any]]],
 ) -> None:
     _, docs = rendered
     init = _job_pod(docs)["initContainers"]
-    assert [c["name"] for c in init] == ["validate-mapping", BRIDGE]
+    assert [c["name"] for c in init] == ["validate-config", BRIDGE]
     check, sidecar = init
     # No restartPolicy: it runs to completion, and its failure fails the pod (Never).
     assert "restartPolicy" not in check
     assert check["image"] == sidecar["image"]
-    env = {e["name"]: e.get("value") for e in sidecar["env"]}
-    assert check["args"] == ["validate", env["MAPPING_PATH"]]
-    mounts = {m["mountPath"]: m for m in check["volumeMounts"]}
-    assert mounts == {m["mountPath"]: m for m in sidecar["volumeMounts"] if m["name"] == "mappings"}
-    # `validate` peaks at 22 MiB RSS (/usr/bin/time -v ml-metrics-bridge validate ...).
+    assert check["args"] == ["validate", "--settings"]
+    assert sidecar["args"] == ["run"]
+    # `validate --settings` reads the environment as `run` does: only the same variables
+    # and the same files (MAPPING_PATH, certificates, STATE_DIR) make it a check of the
+    # sidecar's start.
+    assert check["env"] == sidecar["env"]
+    assert check["volumeMounts"] == sidecar["volumeMounts"]
+    assert check["securityContext"] == sidecar["securityContext"]
+    # `validate --settings` peaks at 22 MiB RSS (/usr/bin/time -v, the sidecar's env).
     assert check["resources"]["limits"]["memory"] == "64Mi"
+
+
+def _run_as_container(
+    container: dict[str, Any], docs: Sequence[dict[str, Any]], into: Path, **changed: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the bridge with a container's args and exactly its environment, its mount paths
+    pointing at local copies of the volumes (ConfigMap files written out, emptyDirs empty)."""
+    volumes = {v["name"]: v for v in _job_pod(docs)["volumes"]}
+    local = {}
+    for mount in container["volumeMounts"]:
+        folder = into / mount["name"]
+        folder.mkdir(parents=True)
+        if "configMap" in volumes[mount["name"]]:
+            data = _one(docs, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])["data"]
+            for key, text in data.items():
+                (folder / key).write_text(text)
+        local[mount["mountPath"]] = str(folder)
+    env = {}
+    for variable in container["env"]:
+        value = variable.get("value", f"downward-api-{variable['name']}")
+        for mount_path, folder in local.items():
+            value = value.replace(mount_path, folder)
+        env[variable["name"]] = value
+    env.update(changed)
+    return subprocess.run(
+        [sys.executable, "-m", "translator", *container["args"]],
+        env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False,
+    )  # fmt: skip
+
+
+def test_init_container_check_passes_the_shipped_settings_and_fails_a_bad_one(
+    rendered: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    _, docs = rendered
+    check = _job_pod(docs)["initContainers"][0]
+    result = _run_as_container(check, docs, tmp_path / "good")
+    assert (result.returncode, result.stdout) == (0, ""), _explain(result)
+    assert result.stderr == "settings valid\n1 of 1 mapping file(s) valid\n"
+    # Exit 2 is what the FailJob rule on validate-config matches.
+    result = _run_as_container(check, docs, tmp_path / "bad", COLLECTION_INTERVAL="10s")
+    assert result.returncode == 2, _explain(result)
+    assert result.stderr == (
+        "ml-metrics-bridge: configuration error:\n"
+        "COLLECTION_INTERVAL: '10s' is not a number of seconds between 0.05 and 86400\n"
+    )
 
 
 def test_network_policies_let_the_job_reach_only_the_collector_and_dns(

@@ -25,7 +25,7 @@ from translator.engine import Evaluation, evaluate_into
 from translator.errors import ConfigError, MappingError, Problem, SourceError
 from translator.logs import configure as configure_logging
 from translator.mapping import Plan, load_plan, load_plans, mapping_files
-from translator.mapping.compiler import conflicts_between
+from translator.mapping.compiler import DEFAULT_SOURCE_PATH, conflicts_between
 from translator.mapping.plan import SourceFormat
 from translator.settings import Settings, load_settings
 
@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run)
 
     p = commands.add_parser("validate", help="load and compile mapping files; report every error")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="mapping files or directories")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="mapping files or directories")
+    p.add_argument(
+        "--settings", action="store_true",
+        help="instead of PATHs: check what `run` would start with, the settings in the "
+        "environment (read as `run` reads them) and the mapping MAPPING_PATH names",
+    )  # fmt: skip
     p.add_argument(
         "--format", choices=("text", "json"), default="text",
         help="text: PATH:LINE: yaml.path: message lines; json: a list of problem objects",
@@ -161,13 +166,29 @@ class _AnyEnvironment(Mapping[str, str]):
 
 
 def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    files = [f for path in args.paths for f in mapping_files(path)]
+    if args.settings == bool(args.paths):
+        stderr.write("ml-metrics-bridge validate: give either mapping PATHs or --settings\n")
+        return EXIT_CONFIG
+    paths: list[str] = args.paths
+    environ: Mapping[str, str] = _AnyEnvironment()
+    default_source_path = DEFAULT_SOURCE_PATH
+    if args.settings:
+        # The very call `run` makes: a bad value raises SettingsError, which run() reports
+        # in the words `run` uses. Then the mapping is compiled as the sidecar will, with
+        # the real environment: an `env:` attribute it lacks is an error here too.
+        settings = load_settings()
+        stderr.write("settings valid\n")
+        paths, environ = [settings.mapping_path], os.environ
+        default_source_path = settings.metrics_file_path
+    files = [f for path in paths for f in mapping_files(path)]
     problems: list[Problem] = []
-    for path in args.paths:  # the files of one path are loaded together by the sidecar
+    for path in paths:  # the files of one path are loaded together by the sidecar
         plans = []
         for file in mapping_files(path):
             try:
-                plans.append(load_plan(file, environ=_AnyEnvironment()))
+                plans.append(
+                    load_plan(file, environ=environ, default_source_path=default_source_path)
+                )
             except MappingError as exc:
                 problems.extend(exc.problems)
         problems.extend(conflicts_between(plans))
@@ -177,7 +198,7 @@ def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     else:
         stdout.writelines(f"{problem}\n" for problem in problems)
     if not files:
-        stderr.write("no mapping files found in: " + ", ".join(args.paths) + "\n")
+        stderr.write("no mapping files found in: " + ", ".join(paths) + "\n")
         return EXIT_CONFIG
     bad = len({p.file for p in problems})
     stderr.write(f"{len(files) - bad} of {len(files)} mapping file(s) valid\n")
