@@ -40,7 +40,7 @@ dev-down: ## Stop the demo stack (volumes are kept)
 	$(COMPOSE) down
 
 verify: ## Run the brief's queries and check every expected metric; names each empty one
-	$(PYTHON) deploy/verify.py --prom-url $(PROM_URL) --metrics-url $(METRICS_URL) \
+	$(PYTHON) deploy/verify.py --prom-url $(PROM_URL) --metrics-url="$(METRICS_URL)" \
 		--wait-s $(VERIFY_WAIT_S)
 
 build-python: ## Build the Python bridge image

@@ -808,7 +808,7 @@ def test_deploy_mk_declares_every_target_phony_and_keeps_the_includers_goals(
     dry = _run(make, "-n", "PROM_URL=http://prom.example:9090", *DEPLOY_TARGETS, cwd=tmp_path)
     assert dry.returncode == 0, _explain(dry)
     assert "deploy/verify.py --prom-url http://prom.example:9090" in dry.stdout
-    assert "--metrics-url http://localhost:8889/metrics" in dry.stdout
+    assert '--metrics-url="http://localhost:8889/metrics"' in dry.stdout
     assert "kubectl apply -k k8s/training-job/" in dry.stdout
     assert "kubectl delete -k k8s/training-job/" in dry.stdout
     assert "kubectl apply -k k8s/monitoring/" in dry.stdout

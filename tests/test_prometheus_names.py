@@ -610,6 +610,17 @@ def test_verify_waits_for_late_series_and_says_what_it_waits_for(verify: ModuleT
     assert f"   1 series  {rate}" in out
 
 
+def test_make_verify_passes_its_urls_through_and_an_empty_metrics_url_skips_the_curl_check() -> None:
+    make = shutil.which("make")
+    assert make, "make comes with the machine image"
+    argv = [make, "--no-print-directory", "-f", "deploy.mk", "verify", "VERIFY_WAIT_S=0"]
+    argv += ["PROM_URL=http://127.0.0.1:9", "METRICS_URL=", f"PYTHON={sys.executable}"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Exit 2 from verify itself (nothing listens on port 9), not from argparse.
+    assert "verify: Prometheus unavailable: http://127.0.0.1:9/api/v1/query" in result.stderr
+    assert "usage:" not in result.stderr, result.stderr
+
+
 def test_verify_names_an_unreachable_metrics_endpoint(verify: ModuleType) -> None:
     code, _, err = _verify_against(
         verify, _everything(verify), metrics_url="http://127.0.0.1:1/metrics"
