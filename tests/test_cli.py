@@ -451,3 +451,26 @@ def test_preview_of_another_format_with_a_document_mapping_names_the_format(
     out, err = io.StringIO(), io.StringIO()
     assert run(["preview", "--mapping", str(mapping), str(data)], out, err) == 1
     assert err.getvalue().endswith(hint + "\n"), err.getvalue()
+
+
+def test_preview_of_a_file_no_mapping_names_uses_every_mapping_and_says_what_run_would_add(
+    tmp_path: Path,
+) -> None:
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for name in ("a", "b"):
+        (mappings / f"{name}.yaml").write_text(
+            f"version: 1\nsource: {{path: '/runs/{{run_id}}/{name}.json'}}\nmetrics:\n"
+            f"  - {{name: m.{name}, type: gauge, path: $.{name}}}\n"
+        )
+    sample = tmp_path / "sample.json"
+    sample.write_text('{"a": 1, "b": 2}')
+    status, out, err = call("preview", "--mapping", str(mappings), str(sample))
+    assert status == 0, err
+    assert out.startswith(f"== {mappings / 'a.yaml'}\n")
+    assert f"== {mappings / 'b.yaml'}\n" in out and "m.b" in out
+    assert err == "".join(
+        f"note: {sample} is not a file of {mappings / n}'s source.path /runs/{{run_id}}/"
+        f"{n.replace('.yaml', '.json')}: run would add the attributes run_id from its path\n"
+        for n in ("a.yaml", "b.yaml")
+    )

@@ -410,3 +410,61 @@ def test_glob_source_tracks_files_appearing_and_disappearing_with_path_attribute
         what="run-a's series gone, run-b's still there",
     )
     bridge.wait_for_log(r"run-a/trainer_state\.json: file is gone", stream="stderr")
+
+
+def test_preview_of_a_mapping_directory_shows_what_run_exports_glob_attributes_included(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """Two mappings read one glob of files (a third reads other files); preview of one file
+    must give the very points run --once exports from it: both mappings', with the glob's
+    named parts."""
+    run_dir = tmp_path / "runs" / "run-7"
+    run_dir.mkdir(parents=True)
+    data = run_dir / "metrics.csv"
+    data.write_text("step,train_loss,val_loss\n1,0.9,\n1,,0.95\n2,0.8,\n")
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    glob = f"{tmp_path}/runs/{{run_id}}/metrics.csv"
+    (mappings / "losses.yaml").write_text(
+        f"version: 1\nsource: {{path: '{glob}', format: csv}}\nmetrics:\n"
+        "  - {name: t.loss, type: gauge, path: $.train_loss, missing: skip, attributes: {split: train}}\n"
+        "  - {name: t.loss, type: gauge, path: $.val_loss, missing: skip, attributes: {split: val}}\n"
+    )
+    (mappings / "steps.yaml").write_text(
+        f"version: 1\nsource: {{path: '{tmp_path}/runs/*/metrics.csv', format: csv}}\nmetrics:\n"
+        "  - {name: t.rows, type: counter, mode: increment, path: $.step}\n"
+    )
+    (mappings / "elsewhere.yaml").write_text(
+        f"version: 1\nsource: {{path: '{tmp_path}/other/*.json'}}\nmetrics:\n"
+        "  - {name: t.other, type: gauge, path: $.x}\n"
+    )
+    preview = spawn_bridge(
+        bridge_command("preview", "--mapping", str(mappings), str(data), "--format", "json"),
+        name="preview",
+    )
+    assert preview.wait(timeout_s=30) == 0, preview.describe()
+    rows = json.loads(preview.stdout)
+    previewed = [(r["name"], tuple(sorted(r["attributes"].items())), r["value"]) for r in rows]
+    # run applies every row; the receiver gets each series' state (a gauge: its newest value).
+    run = spawn_bridge(
+        bridge_command("run", "--once"),
+        env=bridge_env(grpc_receiver, data, MAPPING_PATH=str(mappings)),
+    )
+    assert run.wait(timeout_s=30) == 0, run.describe()
+    latest: dict[tuple[str, Any], Any] = {}  # each series as last exported
+    for p in grpc_receiver.points():
+        if p.name.startswith("t."):
+            latest[(p.name, tuple(sorted(p.attributes.items())))] = p.value
+    exported = sorted((n, a, v) for (n, a), v in latest.items())
+    newest: dict[tuple[str, Any], Any] = {}
+    for name, attributes, value in previewed:
+        if name == "t.rows":
+            newest[(name, attributes)] = newest.get((name, attributes), 0) + value
+        else:
+            newest[(name, attributes)] = value  # rows are in file order: the last one wins
+    assert {r["mapping"] for r in rows} == {
+        str(mappings / "losses.yaml"),
+        str(mappings / "steps.yaml"),
+    }
+    assert exported == sorted((n, a, v) for (n, a), v in newest.items())
+    assert ("t.loss", (("run_id", "run-7"), ("split", "train")), 0.8) in exported

@@ -209,19 +209,68 @@ def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    (plan,) = load_plans(args.mapping)[:1]
-    try:
-        records, root_of = _read_input(plan, args.input, stderr)
-    except (OSError, SourceError, ValueError) as exc:
-        stderr.write(f"ml-metrics-bridge: cannot read {args.input}: {exc}\n")
-        return EXIT_FAILED
+    """What ``run`` would export from INPUT: every mapping whose source names it (every
+    mapping, when none does), with the attributes named parts of a glob give it."""
+    from translator.sources import PathPattern
+
+    plans = load_plans(args.mapping)
+    named = {plan.mapping_file: _source_name(PathPattern(plan.source.path), args.input)
+             for plan in plans}  # fmt: skip
+    chosen = [plan for plan in plans if named[plan.mapping_file] is not None] or plans
+    several = len(chosen) > 1
+    status = EXIT_OK
     rows: list[dict[str, Any]] = []
-    series: dict[str, set[Any]] = {}
+    for plan in chosen:
+        pattern = PathPattern(plan.source.path)
+        source_name = named[plan.mapping_file]
+        if source_name is None and pattern.names:
+            stderr.write(
+                f"note: {args.input} is not a file of {plan.mapping_file}'s source.path "
+                f"{plan.source.path}: run would add the attributes "
+                f"{', '.join(pattern.names)} from its path\n"
+            )
+        try:
+            records, root_of = _read_input(plan, args.input, stderr)
+        except (OSError, SourceError, ValueError) as exc:
+            where = f" with {plan.mapping_file}" if several else ""
+            stderr.write(f"ml-metrics-bridge: cannot read {args.input}{where}: {exc}\n")
+            status = EXIT_FAILED
+            continue
+        extra = pattern.attributes(source_name) if source_name is not None else ()
+        plan_rows = _preview_rows(plan, records, root_of, extra)
+        if several:
+            for row in plan_rows:
+                row["mapping"] = plan.mapping_file
+        rows += plan_rows
+    if args.format == "json":
+        json.dump(rows, stdout, indent=2, default=str)
+        stdout.write("\n")
+    else:
+        for plan in chosen:
+            if several:
+                stdout.write(f"== {plan.mapping_file}\n")
+            mine = [r for r in rows if r.get("mapping", plan.mapping_file) == plan.mapping_file]
+            _print_table(mine, plan, stdout)
+    return status
+
+
+def _source_name(pattern: Any, path: str) -> str | None:
+    """``path`` as the sidecar names it when it reads it for ``pattern``, or None when the
+    pattern does not take in that file (patterns are matched as written: absolute or not)."""
+    for name in (path, os.path.abspath(path), os.path.normpath(path)):
+        if pattern.matches(name):
+            return name
+    return None
+
+
+def _preview_rows(
+    plan: Plan, records: list[Any], root_of: Any, extra: tuple[tuple[str, str], ...]
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for number, record in enumerate(records):
         evaluation = Evaluation()
-        evaluate_into(plan, record, root_of(record), evaluation)
+        evaluate_into(plan, record, root_of(record), evaluation, extra)
         for rule, attributes, value in evaluation.points:
-            series.setdefault(rule.name, set()).add(attributes)
             rows.append(_row(number, rule, value, dict(attributes)))
         for drop in evaluation.drops:
             row = _row(number, drop.rule, None, {})
@@ -231,12 +280,7 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
                 "rule": f"metrics[{drop.rule.index}]",
             }
             rows.append(row)
-    if args.format == "json":
-        json.dump(rows, stdout, indent=2, default=str)
-        stdout.write("\n")
-    else:
-        _print_table(rows, series, plan, stdout)
-    return EXIT_OK
+    return rows
 
 
 def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict[str, Any]:
@@ -300,10 +344,11 @@ def _format_hint(data: bytes) -> str:
     return ""
 
 
-def _print_table(
-    rows: list[dict[str, Any]], series: dict[str, set[Any]], plan: Plan, out: TextIO
-) -> None:
+def _print_table(rows: list[dict[str, Any]], plan: Plan, out: TextIO) -> None:
     points = [r for r in rows if "dropped" not in r]
+    series: dict[str, set[Any]] = {}
+    for r in points:
+        series.setdefault(r["name"], set()).add(tuple(sorted(r["attributes"].items())))
     dropped = [r for r in rows if "dropped" in r]
     width = max([len(r["name"]) for r in rows] + [6])
     out.write(f"{'REC':>4}  {'METRIC':<{width}}  {'TYPE':<13} {'VALUE':>12}  ATTRIBUTES\n")

@@ -670,6 +670,10 @@ class PathPattern:
             return [self.pattern]
         return sorted(p for p in glob.glob(self._glob, recursive=True) if os.path.isfile(p))
 
+    def matches(self, path: str) -> bool:
+        """``path`` is one of this pattern's files (as ``expand`` would name it)."""
+        return self._regex.match(path) is not None
+
     def attributes(self, path: str) -> tuple[tuple[str, str], ...]:
         if not self.names:
             return ()
