@@ -220,6 +220,7 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     several = len(chosen) > 1
     status = EXIT_OK
     rows: list[dict[str, Any]] = []
+    read: list[Plan] = []
     for plan in chosen:
         pattern = PathPattern(plan.source.path)
         source_name = named[plan.mapping_file]
@@ -236,17 +237,20 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             stderr.write(f"ml-metrics-bridge: cannot read {args.input}{where}: {exc}\n")
             status = EXIT_FAILED
             continue
+        read.append(plan)
         extra = pattern.attributes(source_name) if source_name is not None else ()
         plan_rows = _preview_rows(plan, records, root_of, extra)
         if several:
             for row in plan_rows:
                 row["mapping"] = plan.mapping_file
         rows += plan_rows
+    if not read:
+        return status
     if args.format == "json":
         json.dump(rows, stdout, indent=2, default=str)
         stdout.write("\n")
     else:
-        for plan in chosen:
+        for plan in read:
             if several:
                 stdout.write(f"== {plan.mapping_file}\n")
             mine = [r for r in rows if r.get("mapping", plan.mapping_file) == plan.mapping_file]
