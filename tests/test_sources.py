@@ -223,3 +223,14 @@ def test_history_records_without_any_key_are_reported_not_collapsed(tmp_path: Pa
         "history record 0 has no usable key (none of record_key selects anything in it); skipped",
         "history record 1 has no usable key (none of record_key selects anything in it); skipped",
     )
+
+
+def test_a_json_lines_file_read_as_a_document_says_which_format_to_use(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    with pytest.raises(DocumentInvalid) as caught:
+        source_for(path).poll()
+    assert caught.value.reason == (
+        "is not valid JSON (Extra data: line 2 column 1 (char 9); it looks like JSON Lines "
+        "(one JSON value per line): say source.format: jsonl in the mapping); will read it again"
+    )

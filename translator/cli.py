@@ -301,7 +301,7 @@ def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict
 
 
 def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
-    from translator.sources import csv_records, parse_json
+    from translator.sources import csv_records, other_format_hint, parse_json
 
     with open(path, "rb") as fh:
         data = fh.read()
@@ -323,29 +323,10 @@ def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
     try:
         document = parse_json(data)
     except ValueError as exc:
-        raise ValueError(f"{exc}{_format_hint(data)}") from None
+        raise ValueError(f"{exc}{other_format_hint(data)}") from None
     if plan.source.records is not None:
         return plan.source.records.all(document), lambda record: document
     return [document], lambda record: document
-
-
-def _format_hint(data: bytes) -> str:
-    """What the file looks like, when it is not one JSON document but another format."""
-    from translator.sources import parse_json
-
-    first, _, rest = data.lstrip().partition(b"\n")
-    try:
-        parse_json(first)
-    except ValueError:
-        if b"," in first and rest.strip():
-            return "; it looks like CSV: say source.format: csv in the mapping"
-        return ""
-    if rest.strip():
-        return (
-            "; it looks like JSON Lines (one JSON value per line): say source.format: jsonl "
-            "in the mapping"
-        )
-    return ""
 
 
 def _print_table(rows: list[dict[str, Any]], plan: Plan, out: TextIO) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from translator.errors import DocumentInvalid, SourceError, SourceUnavailable
-from translator.mapping.paths import MISSING
+from translator.mapping.paths import MISSING, PLACEHOLDER
 from translator.mapping.plan import SourceSpec
 
 #: A file whose mtime is this close to our last read may still be being written within
@@ -93,6 +93,24 @@ def parse_json(data: bytes | str) -> Any:
         raise ValueError(f"not UTF-8 (byte {exc.start})") from None
 
 
+def other_format_hint(data: bytes) -> str:
+    """What a file that is not one JSON document looks like, when it is another format
+    this bridge reads (said after the parser's message, to name the source.format)."""
+    first, _, rest = data.lstrip().partition(b"\n")
+    try:
+        parse_json(first)
+    except ValueError:
+        if b"," in first and rest.strip():
+            return "; it looks like CSV: say source.format: csv in the mapping"
+        return ""
+    if rest.strip():
+        return (
+            "; it looks like JSON Lines (one JSON value per line): say source.format: jsonl "
+            "in the mapping"
+        )
+    return ""
+
+
 class DocumentSource:
     """One JSON document, rewritten in place by the training job."""
 
@@ -138,7 +156,9 @@ class DocumentSource:
             document = parse_json(data)
         except ValueError as exc:
             raise DocumentInvalid(
-                self.path, f"is not valid JSON ({exc}); will read it again", retry_soon
+                self.path,
+                f"is not valid JSON ({exc}{other_format_hint(data)}); will read it again",
+                retry_soon,
             ) from None
         self._bad_digest = None
         self._fingerprint, self._checked_ns, self._digest = fingerprint, started_ns, digest
@@ -634,7 +654,7 @@ def _read_error(path: str, exc: OSError) -> SourceError:
     return SourceUnavailable(path, f"cannot be read: {exc.strerror}")
 
 
-_NAMED_PART = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+_NAMED_PART = PLACEHOLDER  # one syntax for named parts of globs and key patterns
 
 
 class PathPattern:
