@@ -79,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(handler=_validate)
 
-    p = commands.add_parser("preview", help="show the data points one read of INPUT gives")
+    p = commands.add_parser("preview", help="show the data points run would export from INPUT")
     p.add_argument("--mapping", metavar="PATH", required=True)
-    p.add_argument("input", metavar="INPUT", help="a JSON document or JSON Lines file")
+    p.add_argument("input", metavar="INPUT", help="a JSON document, JSON Lines or CSV file")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=_preview)
 
