@@ -704,10 +704,11 @@ def test_jsonl_restart_mid_file_resumes_from_the_checkpoint(
     second = spawn_bridge(bridge_command("run"), env=env, name="bridge (restarted)")
     # 4. The rest while the second bridge starts and runs.
     assert _append(spawn_bridge, log, 1501, 500, pause_every=20).wait(timeout_s=30) == 0
-    # The new process counts from 0 (a new start time): it must apply exactly the rest.
-    resumed = _records_total_is(grpc_receiver, total - checkpointed, **{"bridge.run": "2"})
-    assert resumed.start_time_unix_nano != applied_first[-1].start_time_unix_nano
-    _stays(grpc_receiver, total - checkpointed, **{"bridge.run": "2"})
+    # The new process goes on with the first one's stream (its series are restored from
+    # STATE_DIR, same start time): it must apply exactly the rest, so the total is every line.
+    resumed = _records_total_is(grpc_receiver, total, **{"bridge.run": "2"})
+    assert resumed.start_time_unix_nano == applied_first[-1].start_time_unix_nano
+    _stays(grpc_receiver, total, **{"bridge.run": "2"})
     assert_no_traceback(second)
 
 

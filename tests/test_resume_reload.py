@@ -119,7 +119,9 @@ def test_reloads_adding_metrics_while_exports_and_scrapes_run_never_freeze_the_b
             )
             start = match.end()
             time.sleep(0.2)  # the reload cadence under test, not a wait for a condition
-        # The export thread is alive: heartbeats keep arriving after the last reload.
+        # The export thread is alive, and the metric the last reload added is exported
+        # (the file is unchanged: the reload re-evaluated it).
+        grpc_receiver.wait_for_point(f"extra_{reloads - 1}", timeout_s=30, gpu=1999)
         grpc_receiver.wait_for_requests(grpc_receiver.request_count + 3, timeout_s=30)
     finally:
         stop.set()
@@ -359,3 +361,104 @@ def test_a_rewrite_under_the_same_version_key_exports_its_new_values_and_no_new_
     write_brief(metrics, "2024-10-22T10:30:01Z", training_loss=0.3)
     grpc_receiver.wait_for_point("ml.training.loss", where=lambda p: p.number == 0.3)
     assert grpc_receiver.latest("ml.training.processing_time_ms").histogram.count == 2  # type: ignore[union-attr]
+
+
+# --- reloads and restarts ------------------------------------------------------------------
+
+
+def test_a_rule_added_by_a_reload_is_exported_within_2_s_while_the_file_is_unchanged(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A trainer_state.json written at checkpoint saves may not change for half an hour."""
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": [{"step": 1, "loss": 0.9, "grad_norm": 2.5}]}))
+    mapping = tmp_path / "hf.yaml"
+    head = f"version: 1\nsource: {{path: '{state}', records: '$.log_history[*]'}}\nmetrics:\n"
+    loss = "  - {name: loss, type: gauge, path: $.loss}\n"
+    write_atomically(mapping, head + loss)
+    bridge = spawn_bridge(
+        bridge_command("run"),
+        env=otlp_env(grpc_receiver, MAPPING_PATH=str(mapping), COLLECTION_INTERVAL="30"),
+    )
+    grpc_receiver.wait_for_point("loss")
+    write_atomically(
+        mapping, head + loss + "  - {name: grad_norm, type: gauge, path: $.grad_norm}\n"
+    )
+    bridge.wait_for_log(r"mapping reloaded", stream="stderr")
+    reloaded_at = time.monotonic()
+    point = grpc_receiver.wait_for_point("grad_norm", timeout_s=10)
+    assert point.number == 2.5
+    assert point.received_at_s - reloaded_at < 2
+
+
+def _ap_mapping(log: Path) -> str:
+    return (
+        "version: 1\n"
+        f"source: {{path: '{log}', format: jsonl, stale_after_s: 0}}\n"
+        "metrics:\n"
+        "  - {name: bbox.ap, type: gauge, path: \"$['bbox/AP']\", missing: skip}\n"
+        "  - {name: loss, type: gauge, path: $.total_loss, missing: skip}\n"
+        "  - {name: iterations, type: counter, mode: increment, path: $.one, missing: skip}\n"
+    )
+
+
+def test_a_restart_with_state_dir_exports_the_gauges_at_the_first_export(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A Detectron2 metrics.json: the AP gauges come from an evaluation line every few
+    thousand iterations; after a restart they must not vanish until the next one."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    log = tmp_path / "metrics.json"
+    lines = [{"iteration": i, "total_loss": 1 / i, "one": 1} for i in range(1, 6)]
+    lines.insert(3, {"iteration": 4, "bbox/AP": 37.5})
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    mapping = tmp_path / "d2.yaml"
+    mapping.write_text(_ap_mapping(log))
+    env = otlp_env(grpc_receiver, MAPPING_PATH=str(mapping), STATE_DIR=str(state_dir))
+    first = spawn_bridge(bridge_command("run"), env={**env, "OTEL_RESOURCE_ATTRIBUTES": "run=1"})
+    before = grpc_receiver.wait_for_point("iterations", where=lambda p: p.number == 5)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=10) == 0
+    grpc_receiver.clear()
+    spawn_bridge(
+        bridge_command("run"), env={**env, "OTEL_RESOURCE_ATTRIBUTES": "run=2"}, name="restarted"
+    )
+    first_export = grpc_receiver.wait_for_requests(1, timeout_s=15)[0]
+    names = {p.name: p for p in first_export.points}
+    assert names["bbox.ap"].number == 37.5
+    assert names["loss"].number == 1 / 5
+    # The same stream goes on: same start time, nothing counted twice.
+    assert (names["iterations"].number, names["iterations"].start_time_unix_nano) == (
+        5,
+        before.start_time_unix_nano,
+    )
+    with log.open("a") as fh:
+        fh.write(json.dumps({"iteration": 6, "total_loss": 0.1, "one": 1}) + "\n")
+    assert grpc_receiver.wait_for_point("iterations", where=lambda p: p.number != 5).number == 6
+
+
+def test_a_document_read_again_after_a_restart_adds_no_histogram_observation_twice(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    metrics = tmp_path / "current.json"
+    write_brief(metrics, "t1")
+    env = otlp_env(grpc_receiver, METRICS_FILE_PATH=str(metrics), STATE_DIR=str(state_dir))
+    first = spawn_bridge(bridge_command("run"), env=env)
+    before = grpc_receiver.wait_for_point("ml.training.processing_time_ms")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=10) == 0
+    grpc_receiver.clear()
+    spawn_bridge(bridge_command("run"), env=env, name="restarted")
+    again = grpc_receiver.wait_for_point("ml.training.processing_time_ms", timeout_s=15)
+    # The same stream goes on across the restart, and the unchanged version adds nothing.
+    assert again.histogram.count == 1
+    assert again.start_time_unix_nano == before.start_time_unix_nano
+    write_brief(metrics, "t2")
+    more = grpc_receiver.wait_for_point(
+        "ml.training.processing_time_ms", where=lambda p: p.histogram.count != 1
+    )
+    assert more.histogram.count == 2
+    assert more.start_time_unix_nano == again.start_time_unix_nano

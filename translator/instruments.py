@@ -346,6 +346,58 @@ class InstrumentRegistry:
             scopes.insert(0, ScopeMetrics(self._scope, metrics, ""))
         return MetricsData(resource_metrics=[replace(first, scope_metrics=scopes), *rest])
 
+    # --- state across restarts ---------------------------------------------------------
+
+    def saved_state(self) -> dict[str, Any]:
+        """Every live series, as JSON values (for a restart with ``STATE_DIR``)."""
+        out: dict[str, Any] = {}
+        with self._lock:
+            for name, instrument in self._instruments.items():
+                if instrument.retired or not instrument.by_source:
+                    continue
+                spec = instrument.spec
+                out[name] = {
+                    "identity": _identity_json(spec),
+                    "series": [
+                        {"source": source, "attributes": list(attributes), **series.to_json()}
+                        for source, series_of in instrument.by_source.items()
+                        for attributes, series in series_of.items()
+                    ],
+                }
+        return out
+
+    def restore(self, saved: dict[str, Any], sources: set[str]) -> int:
+        """Bring back the saved series of ``sources`` whose instrument is installed with the
+        same type, unit, mode and buckets; return how many. Raises ValueError, naming the
+        instrument, on a saved state that does not hold together."""
+        restored = 0
+        with self._lock:
+            for name, entry in saved.items():
+                instrument = self._instruments.get(name)
+                if instrument is None or instrument.retired:
+                    continue
+                spec = instrument.spec
+                if entry.get("identity") != _identity_json(spec):
+                    continue  # redefined since: its old series mean something else
+                for item in entry["series"]:
+                    source = item["source"]
+                    if source not in sources:
+                        continue
+                    attributes = tuple((str(k), v) for k, v in item["attributes"])
+                    plain = dict(attributes)
+                    try:
+                        if instrument.histogram:
+                            series: Any = HistogramSeries.from_json(plain, spec.buckets or (), item)
+                        else:
+                            series = NumberSeries.from_json(plain, item)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise ValueError(f"{name}: {exc}") from None
+                    series_of = instrument.by_source.setdefault(source, {})
+                    if len(series_of) < instrument.max_series:
+                        series_of[attributes] = series
+                        restored += 1
+        return restored
+
     def _over_limit(
         self, instrument: _Instrument, rule: MetricRule, drops: list[Drop], live: int
     ) -> bool:
@@ -360,3 +412,8 @@ class InstrumentRegistry:
             _log.warning("cardinality limit reached: %s; new series are dropped", detail)
         drops.append(Drop(rule, DropReason.CARDINALITY, detail))
         return True
+
+
+def _identity_json(spec: InstrumentSpec) -> list[Any]:
+    return [spec.kind.value, spec.unit, spec.mode.value if spec.mode else None,
+            list(spec.buckets) if spec.buckets is not None else None]  # fmt: skip

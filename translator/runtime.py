@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from translator.engine import Evaluation, evaluate_into, exportable_attribute
@@ -39,6 +39,7 @@ from translator.sources import (
     Snapshot,
     SourceMissing,
 )
+from translator.statefile import SeriesStateFile
 from translator.watch import Waker
 
 _log = logging.getLogger("translator")
@@ -51,6 +52,10 @@ SHUTDOWN_EXPORT_S = 5.0
 RETRY_SOON_S = 0.1
 #: At most this many on-demand exports a second (10): a busy writer is batched, not echoed.
 MIN_EXPORT_SPACING_S = 0.1
+#: With STATE_DIR, the series are saved at most this often (and when stopping).
+STATE_SAVE_SPACING_S = 1.0
+#: How many of a JSON Lines (or CSV) file's newest records a reload re-evaluates.
+RECENT_RECORDS_KEPT = 1000
 
 
 @dataclass(slots=True)
@@ -62,6 +67,9 @@ class _Tracked:
     mappings reading one file must not replace or forget each other's series."""
     newest_at: float = field(default_factory=time.monotonic)
     stale: bool = False
+    last: Snapshot | None = None
+    """What was last read (for JSON Lines and CSV: the newest records): a reload
+    re-evaluates state against it at once, not at the file's next write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,13 @@ class Bridge:
         self._registry: InstrumentRegistry | None = None
         self._throttle = Throttled(_log)
         self.loop_heartbeat = time.monotonic()
+        self._state_file: SeriesStateFile | None = None
+        self._saved: dict[str, Any] | None = None
+        self._state_changed = False
+        self._state_saved_at = 0.0
+        if settings.state_dir is not None:
+            self._state_file = SeriesStateFile(settings.state_dir, settings.mapping_path)
+            self._saved = self._load_state(self._state_file)
         for job in self._jobs:
             self._warn_path_override(job.plan)
 
@@ -158,6 +173,7 @@ class Bridge:
             self.loop_heartbeat = time.monotonic()
             poll = self._poll_all()
             clean = poll.all_read
+            self._save_state()
             if poll.more:
                 if self._stop_if_signalled():
                     break
@@ -244,11 +260,12 @@ class Bridge:
             )
         for path in paths:
             if path not in job.sources:
-                job.sources[path] = _Tracked(
+                tracked = job.sources[path] = _Tracked(
                     self._source_for(job.plan, path),
                     job.pattern.attributes(path),
-                    key=f"{job.plan.mapping_file}|{path}",
+                    key=_source_key(job.plan, path),
                 )
+                self._resume_events(tracked)
         return paths
 
     def _source_for(self, plan: Plan, path: str) -> DocumentSource | JsonlSource | CsvSource:
@@ -317,6 +334,12 @@ class Bridge:
             start_ns=self._start_time(job.plan, snapshot),
             counts=self.stats.points_emitted,
         )
+        self._state_changed = True
+        if snapshot.replaces:
+            tracked.last = snapshot
+        elif seen < len(records):
+            kept = tracked.last.records if tracked.last is not None else []
+            tracked.last = replace(snapshot, records=[*kept, *records][-RECENT_RECORDS_KEPT:])
         stats = self.stats
         stats.records_read[path] += len(records) - min(seen, len(records))
         stats.newest_data[path] = snapshot.read_at
@@ -437,6 +460,7 @@ class Bridge:
         if [p.resource for p in plans] != [p.resource for p in self.plans]:
             _log.warning("mapping reload: resource: changes take effect at the next restart")
         self._jobs = jobs
+        self._reevaluate()
         self.stats.reloads["success"] += 1
         _log.info(
             "mapping reloaded from %s: %d mapping(s), %d instrument(s)",
@@ -444,6 +468,77 @@ class Bridge:
             len(plans),
             sum(len(p.instruments) for p in plans),
         )
+
+    def _reevaluate(self) -> None:
+        """State under the new mapping, from what was last read: a rule added while the
+        file is unchanged (a checkpoint written every half hour) is exported now."""
+        if self._registry is None:
+            return
+        for job in self._jobs:
+            for tracked in job.sources.values():
+                last = tracked.last
+                if last is None or tracked.stale:
+                    continue
+                try:  # read before: state only, no event, nothing counted again
+                    self._apply(job, tracked, replace(last, first_new=len(last.records)))
+                except Exception:  # as in reading: log, count, keep the sidecar running
+                    self._internal_error(last.path)
+        self._export_wanted.set()
+
+    # --- series state across restarts (STATE_DIR) -----------------------------------------
+
+    def _load_state(self, state_file: SeriesStateFile) -> dict[str, Any] | None:
+        saved, problem = state_file.load()
+        if problem:
+            _log.warning(
+                "%s %s; starting without the saved series (STATE_DIR)", state_file.path, problem
+            )
+        return saved
+
+    def _resume_events(self, tracked: _Tracked) -> None:
+        """A document read again after a restart adds no event it added before."""
+        if self._saved is not None and isinstance(tracked.source, DocumentSource):
+            marks = self._saved["sources"].get(tracked.key)
+            if isinstance(marks, dict):
+                tracked.source.restore_event_marks(marks)
+
+    def _restore_series(self, registry: InstrumentRegistry) -> None:
+        """The saved series of the files the mappings read now are exported at once."""
+        if self._saved is None or self._state_file is None:
+            return
+        keys = {_source_key(job.plan, path) for job in self._jobs for path in job.pattern.expand()}
+        try:
+            restored = registry.restore(self._saved["series"], keys)
+        except ValueError as exc:
+            _log.warning("%s: %s; the rest of the saved series are not restored",
+                         self._state_file.path, exc)  # fmt: skip
+            return
+        if restored:
+            _log.info("restored %d series from %s", restored, self._state_file.path)
+
+    def _save_state(self, *, now: bool = False) -> None:
+        """Save the series at most once a second (and when stopping), if anything changed."""
+        if self._state_file is None or self._registry is None or not self._state_changed:
+            return
+        if not now and time.monotonic() - self._state_saved_at < STATE_SAVE_SPACING_S:
+            return
+        marks = {
+            tracked.key: found
+            for job in self._jobs
+            for tracked in job.sources.values()
+            if isinstance(tracked.source, DocumentSource)
+            and (found := tracked.source.event_marks()) is not None
+        }
+        try:
+            self._state_file.save(self._registry.saved_state(), marks)
+        except (OSError, ValueError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self._throttle.log(logging.WARNING, ("state", self._state_file.path),
+                               "cannot save the series to %s: %s", self._state_file.path,
+                               problem)  # fmt: skip
+            return
+        self._state_changed = False
+        self._state_saved_at = time.monotonic()
 
     # --- exporting ------------------------------------------------------------------------
 
@@ -475,6 +570,7 @@ class Bridge:
         resource = self._pipeline.resource
         self._pipeline.set_completion(lambda data: registry.complete(data, resource))
         self._registry = registry
+        self._restore_series(registry)
 
     def _export_loop(self) -> None:
         interval = self.settings.collection_interval_s
@@ -489,6 +585,7 @@ class Bridge:
             self._stop.wait(MIN_EXPORT_SPACING_S)
 
     def _finish(self, *, once: bool, clean: bool, deadline: float) -> int:
+        self._save_state(now=True)
         for job in self._jobs:
             for tracked in job.sources.values():
                 if isinstance(tracked.source, _TAILED):
@@ -513,6 +610,12 @@ class Bridge:
         if once:
             return 0 if outcome == [True] and clean else 1
         return 0
+
+
+def _source_key(plan: Plan, path: str) -> str:
+    """The registry's name for what ``path`` contributes under ``plan``: two mappings
+    reading one file must not replace or forget each other's series."""
+    return f"{plan.mapping_file}|{path}"
 
 
 def _reading(plan: Plan) -> tuple[Any, ...]:

@@ -189,6 +189,26 @@ class DocumentSource:
             self.path, records, document, True, read_at, tuple(errors), first_new=first_new
         )
 
+    def event_marks(self) -> dict[str, Any] | None:
+        """What decides which events are new, as JSON values (saved under ``STATE_DIR``,
+        so that a restarted sidecar does not count the same version or records twice)."""
+        if self._event is None and not self._sequence:
+            return None
+        return {
+            "event": self._event.hex() if self._event is not None else None,
+            "sequence": [identity.hex() for identity in self._sequence],
+        }
+
+    def restore_event_marks(self, marks: dict[str, Any]) -> None:
+        """Undo :meth:`event_marks`; a damaged value is ignored (events count afresh)."""
+        try:
+            event = marks.get("event")
+            sequence = [bytes.fromhex(identity) for identity in marks.get("sequence", [])]
+            self._event = bytes.fromhex(event) if isinstance(event, str) else None
+            self._sequence = sequence
+        except (AttributeError, TypeError, ValueError):
+            pass
+
     def _record_key(self, record: Any) -> bytes:
         if not self.spec.record_key:
             return _identity(_canonical(record))  # the record's content is its identity
