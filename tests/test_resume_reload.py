@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import threading
@@ -462,3 +463,34 @@ def test_a_document_read_again_after_a_restart_adds_no_histogram_observation_twi
     )
     assert more.histogram.count == 2
     assert more.start_time_unix_nano == again.start_time_unix_nano
+
+
+# --- non_finite: keep ------------------------------------------------------------------------
+
+
+def test_non_finite_keep_arrives_at_a_real_receiver_as_nan_and_infinity(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The SDK drops NaN from observable callbacks; the bridge builds its own points."""
+    document = tmp_path / "doc.json"
+    document.write_text('{"loss": NaN, "ratio": Infinity, "low": -Infinity, "ok": 1}')
+    mapping = tmp_path / "keep.yaml"
+    mapping.write_text(
+        "version: 1\nmetrics:\n"
+        "  - {name: loss, type: gauge, path: $.loss, non_finite: keep}\n"
+        "  - {name: ratio, type: gauge, path: $.ratio, non_finite: keep}\n"
+        "  - {name: low, type: updowncounter, mode: total, path: $.low, non_finite: keep}\n"
+        "  - {name: ok, type: gauge, path: $.ok}\n"
+    )
+    env = otlp_env(grpc_receiver, METRICS_FILE_PATH=str(document), MAPPING_PATH=str(mapping))
+    spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("ok")
+    loss = grpc_receiver.wait_for_point("loss")
+    assert math.isnan(loss.number)
+    assert grpc_receiver.wait_for_point("ratio").number == math.inf
+    assert grpc_receiver.wait_for_point("low").number == -math.inf
+    # What is counted as emitted is what left.
+    emitted = grpc_receiver.wait_for_point(
+        "ml_metrics_bridge.points.emitted", **{"metric.name": "loss"}
+    )
+    assert emitted.number == 1
