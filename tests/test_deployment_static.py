@@ -236,6 +236,8 @@ def test_job_fails_on_its_deadline_and_judges_failures_by_container(
             "onExitCodes": {"containerName": container, "operator": "In", "values": [2]},
         }
     assert all(r["onExitCodes"].get("containerName") for r in rules if "onExitCodes" in r)
+    # Nor may one name the sidecar: its codes are of restarts and of its SIGTERM stop.
+    assert BRIDGE not in on_exit
 
 
 def test_settings_and_mapping_are_validated_by_a_plain_init_container_seeing_what_the_sidecar_sees(
@@ -356,6 +358,150 @@ def test_network_policies_let_the_job_reach_only_the_collector_and_dns(
             assert doc["spec"]["podSelector"]["matchLabels"], doc["metadata"]["name"]
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and matchExpressions) applied to labels; {} is all."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        present = expression["key"] in labels
+        listed = labels.get(expression["key"]) in expression.get("values", [])
+        operators = {
+            "In": listed,
+            "NotIn": not listed,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }
+        if not operators[expression["operator"]]:
+            return False
+    return True
+
+
+def _admitted(
+    policies: Sequence[dict[str, Any]],
+    namespaces: dict[str, dict[str, str]],
+    direction: str,
+    subject: tuple[str, dict[str, str]],
+    peer: tuple[str, dict[str, str]],
+    protocol: str,
+    port: int,
+) -> bool:
+    """Whether the NetworkPolicies let `subject` (namespace, pod labels) send to (Egress) or
+    receive from (Ingress) `peer` on protocol/port, by the API's rules: a pod no policy of
+    that direction selects is open; otherwise some rule of a selecting policy must match
+    both the peer and the port. A peer without namespaceSelector is in the policy's own
+    namespace; a namespaceSelector and a podSelector in one peer must both match. ipBlock
+    peers are not modelled (no pod IPs here), so they admit nothing."""
+    subject_namespace, subject_labels = subject
+    peer_namespace, peer_labels = peer
+    rules_key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+
+    def types(spec: dict[str, Any]) -> list[str]:
+        # Unset policyTypes: Ingress always, Egress when the policy has egress rules.
+        default = ["Ingress", "Egress"] if "egress" in spec else ["Ingress"]
+        return list(spec.get("policyTypes", default))
+
+    selecting = [
+        p["spec"]
+        for p in policies
+        if p["metadata"]["namespace"] == subject_namespace
+        and _selects(p["spec"]["podSelector"], subject_labels)
+        and direction in types(p["spec"])
+    ]
+    if not selecting:
+        return True
+
+    def peer_matches(entry: dict[str, Any]) -> bool:
+        if "ipBlock" in entry:
+            return False
+        if "namespaceSelector" in entry:
+            in_namespace = _selects(entry["namespaceSelector"], namespaces[peer_namespace])
+        else:
+            in_namespace = peer_namespace == subject_namespace
+        return in_namespace and _selects(entry.get("podSelector", {}), peer_labels)
+
+    def port_matches(entry: dict[str, Any]) -> bool:
+        # Named ports would need the peer's container ports: the shipped policies use numbers.
+        assert isinstance(entry.get("port", 0), int), entry
+        low: int = entry.get("port", 0)
+        high: int = entry.get("endPort", low) if low else 65535
+        return bool(entry.get("protocol", "TCP") == protocol and low <= port <= high)
+
+    return any(
+        (not rule.get(peers_key) or any(map(peer_matches, rule[peers_key])))
+        and (not rule.get("ports") or any(map(port_matches, rule["ports"])))
+        for spec in selecting
+        for rule in spec.get(rules_key) or []
+    )
+
+
+def test_network_policies_admit_exactly_the_connections_the_stack_makes(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    """Both ends of each connection, evaluated as the API defines NetworkPolicy: the Job's
+    export to the collector, Prometheus scraping the collector, DNS from both; and the
+    connections nothing needs stay closed."""
+    _, docs = rendered
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    # Every namespace carries its name as a label (Kubernetes sets it); the others are the
+    # ones a cluster has anyway, plus a team's namespace that runs its own Job.
+    namespaces = {
+        d["metadata"]["name"]: {
+            **d["metadata"].get("labels", {}),
+            "kubernetes.io/metadata.name": d["metadata"]["name"],
+        }
+        for d in docs
+        if d["kind"] == "Namespace"
+    }
+    for other in ("kube-system", "team-vision"):
+        namespaces[other] = {"kubernetes.io/metadata.name": other}
+
+    def pod_of(kind: str, name: str) -> tuple[str, dict[str, str]]:
+        workload = _one(docs, kind, name)
+        labels: dict[str, str] = dict(workload["spec"]["template"]["metadata"]["labels"])
+        if kind == "Job":  # the Job controller's own label, always on its pods
+            labels["batch.kubernetes.io/job-name"] = workload["metadata"]["name"]
+        return workload["metadata"]["namespace"], labels
+
+    job = pod_of("Job", "ml-training")
+    collector = pod_of("Deployment", "otel-collector")
+    prometheus = pod_of("Deployment", "prometheus")
+    dns = ("kube-system", {"k8s-app": "kube-dns"})
+    grafana = (MONITORING, {"app.kubernetes.io/name": "grafana"})
+    other_job = ("team-vision", {"app.kubernetes.io/name": "ml-training"})
+    elsewhere = ("team-vision", {"app": "object-store"})
+
+    def connects(client: Any, server: Any, protocol: str, port: int) -> bool:
+        return _admitted(policies, namespaces, "Egress", client, server, protocol, port) and (
+            _admitted(policies, namespaces, "Ingress", server, client, protocol, port)
+        )
+
+    needed = {
+        "the sidecar exports OTLP gRPC": (job, collector, "TCP", 4317),
+        "the sidecar resolves the collector (UDP)": (job, dns, "UDP", 53),
+        "the sidecar resolves the collector (TCP)": (job, dns, "TCP", 53),
+        "Prometheus scrapes the collector's exporter": (prometheus, collector, "TCP", 8889),
+        "Prometheus resolves otel-collector (UDP)": (prometheus, dns, "UDP", 53),
+        "Prometheus resolves otel-collector (TCP)": (prometheus, dns, "TCP", 53),
+        "another team's Job exports to the collector": (other_job, collector, "TCP", 4317),
+        "a Grafana beside Prometheus queries it": (grafana, prometheus, "TCP", 9090),
+    }
+    closed = {
+        "the training pod reaches anything else": (job, elsewhere, "TCP", 443),
+        "the training pod reads the collector's exporter": (job, collector, "TCP", 8889),
+        "the training pod talks to DNS on another port": (job, dns, "TCP", 4317),
+        "anything connects to the training pod": (prometheus, job, "TCP", 8081),
+        "another namespace connects to the training pod": (elsewhere, job, "TCP", 8081),
+        "another namespace scrapes the collector": (elsewhere, collector, "TCP", 8889),
+        "the collector connects out": (collector, elsewhere, "TCP", 443),
+        "another namespace queries Prometheus": (elsewhere, prometheus, "TCP", 9090),
+        "Prometheus connects elsewhere": (prometheus, elsewhere, "TCP", 443),
+    }
+    refused = [what for what, flow in needed.items() if not connects(*flow)]
+    assert not refused, f"the policies refuse: {refused}"
+    opened = [what for what, flow in closed.items() if connects(*flow)]
+    assert not opened, f"the policies allow: {opened}"
+
+
 def test_every_manifest_image_has_a_release_tag_never_dev(
     rendered: tuple[Path, list[dict[str, Any]]],
 ) -> None:
@@ -410,6 +556,75 @@ def test_every_job_container_has_the_hardened_security_context(
         assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+# The "restricted" Pod Security Standard's controls (on top of "baseline"'s host namespaces,
+# privileged, host ports and hostPath, which the volume list already excludes).
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
+
+
+def _restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec the restricted Pod Security Standard refuses, as "where: what"."""
+    problems = [f"spec.{key}" for key in ("hostNetwork", "hostPID", "hostIPC") if pod.get(key)]
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)}")
+    pod_security = pod.get("securityContext", {})
+    if pod_security.get("runAsUser") == 0:
+        problems.append("spec.securityContext.runAsUser: 0")
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        name, security = container["name"], container.get("securityContext", {})
+        if security.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        # The container's value, where set, wins over the pod's; false is refused anywhere.
+        non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+        if non_root is not True or security.get("runAsNonRoot") is False:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if security.get("runAsUser") == 0:
+            problems.append(f"{name}: runAsUser 0")
+        seccomp = security.get("seccompProfile", pod_security.get("seccompProfile", {}))
+        if seccomp.get("type") not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{name}: seccompProfile {seccomp or 'unset'}")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{name}: capabilities.drop lacks ALL")
+        if not set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities.add {capabilities['add']}")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+    return problems
+
+
+def test_every_pod_passes_the_restricted_pod_security_standard_its_namespace_enforces(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    enforced = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Namespace"
+        and d["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce")
+        == "restricted"
+    }
+    # Both parts' namespaces enforce it: a pod that does not pass is refused at admission,
+    # which on a cluster would be the Job or the collector never starting.
+    assert enforced == {NAMESPACE, MONITORING}
+    workloads = [d for d in docs if d["kind"] in {"Job", "Deployment", "StatefulSet", "DaemonSet"}]
+    assert {d["metadata"]["namespace"] for d in workloads} == enforced
+    violations = {
+        f"{d['kind']}/{d['metadata']['name']}": _restricted_violations(
+            d["spec"]["template"]["spec"]
+        )
+        for d in workloads
+    }
+    refused = {name: problems for name, problems in violations.items() if problems}
+    assert not refused, f"the restricted profile would refuse: {refused}"
 
 
 def test_sidecar_probes_health_endpoints_and_has_the_agreed_resources(
