@@ -90,7 +90,7 @@ def test_each_process_has_a_service_instance_id_and_self_metrics_name_the_file_p
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1")
     spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics), name="generated")
-    # As k8s/ml-training-job.yaml does with the pod's UID from the downward API.
+    # As k8s/training-job/ml-training-job.yaml does with the pod's UID from the downward API.
     pod_uid = "7f3c2a1e-0b5d-4e8a-9c61-2d4f8e0a1b23"
     configured = bridge_env(
         grpc_receiver, metrics, OTEL_RESOURCE_ATTRIBUTES=f"service.instance.id={pod_uid}"
