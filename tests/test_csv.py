@@ -282,3 +282,43 @@ def test_a_csv_rewritten_whole_with_a_growing_header_applies_each_row_once_acros
     _total_is(grpc_receiver, len(rows), "2")
     _stays(grpc_receiver, len(rows), "2")
     assert "Traceback" not in second.stderr + first.stderr
+
+
+def test_a_change_inside_the_rows_read_before_is_seen_even_when_the_file_grew(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("step,loss\n1,0.9\n2,0.8\n")
+    source = source_for(path)
+    assert steps(source) == [1, 2]
+    path.write_text("step,loss\n1,0.7\n2,0.8\n3,0.6\n")  # not an append: row 1 changed
+    assert steps(source) == [1, 2, 3]
+
+
+def test_rows_appended_after_an_empty_or_header_only_read_are_keyed_by_the_header(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("")
+    source = source_for(path)
+    assert steps(source) == []
+    path.write_text("step,loss\n")
+    assert steps(source) == []
+    with path.open("a") as fh:
+        fh.write("1,0.9\n")
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [{"step": 1, "loss": 0.9}]
+
+
+def test_an_appended_bad_row_is_reported_with_its_line_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("step,loss\n1,0.9\n")
+    source = source_for(path)
+    assert steps(source) == [1]
+    with path.open("a") as fh:
+        fh.write("2,0.8\n3,0.7,oops\n")
+    snapshot = source.poll()
+    assert snapshot is not None and [r["step"] for r in snapshot.records] == [2, 3]
+    assert snapshot.errors == (
+        "line 4 has 3 cells for 2 header names; the extra cells are ignored",
+    )

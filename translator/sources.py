@@ -443,36 +443,53 @@ _NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math
 _NON_FINITE |= {"infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
 
 
-def csv_records(data: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+def csv_records(
+    data: bytes, header: list[str] | None = None, first_line: int = 1
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of CSV text whose first line is the header, and what was wrong with it.
 
     Each data row is a record keyed by the header's names; numbers become numbers (the
     NaN and inf that Python's csv writers print included), empty cells are absent and
-    other text stays text. Raises ValueError when the bytes are not UTF-8 or not CSV.
+    other text stays text. With ``header``, ``data`` is only data rows (the rest of a file
+    whose start was read before) and starts at line ``first_line``. Raises ValueError when
+    the bytes are not UTF-8 or not CSV.
     """
     try:
-        text = data.decode("utf-8-sig")  # Excel and some Windows tools write a BOM
+        text = data.decode("utf-8-sig" if header is None else "utf-8")  # a BOM (Excel)
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 (byte {exc.start})") from None
     records: list[dict[str, Any]] = []
     errors: list[str] = []
     try:
         rows = csv.reader(io.StringIO(text, newline=""))
-        header = next(rows, None)
         if header is None:
-            return [], []
+            header = next(rows, None)
+            if header is None:
+                return [], []
         for row in rows:
             if not any(row):
                 continue  # a blank line
             if len(row) > len(header):
                 errors.append(
-                    f"line {rows.line_num} has {len(row)} cells for {len(header)} header "
-                    "names; the extra cells are ignored"
+                    f"line {first_line - 1 + rows.line_num} has {len(row)} cells for "
+                    f"{len(header)} header names; the extra cells are ignored"
                 )
             records.append({k: _cell(v) for k, v in zip(header, row, strict=False) if v != ""})
     except csv.Error as exc:
         raise ValueError(f"not CSV: {exc}") from None
     return records, errors
+
+
+@dataclass(frozen=True, slots=True)
+class _CsvPrefix:
+    """What the last read of a CSV file saw, so that a file only appended to since is
+    parsed from where that read ended (its bytes up to there unchanged: same digest)."""
+
+    size: int
+    digest: bytes
+    header: list[str]
+    rows: int
+    lines: int
 
 
 def _cell(text: str) -> Any:
@@ -491,7 +508,8 @@ class CsvSource:
     """A CSV file with a header line; every data row is applied once.
 
     Trainers write CSV two ways, read here the same way: whole, on each change (the size
-    cap bounds it). Keras' and Ultralytics' loggers append a row per epoch; Lightning's
+    cap bounds it), parsed only past the bytes the last read parsed when those are
+    unchanged (an append). Keras' and Ultralytics' loggers append a row per epoch; Lightning's
     CSVLogger rewrites the file whole, with a longer header when a new key appears (old
     rows then have empty cells, which are absent: the same records as before). Either
     way the rows are a sequence that grows at its end, so what was applied is kept as one
@@ -512,7 +530,10 @@ class CsvSource:
         self._saved = b""
         self._checkpoint = _checkpoint_file(state_dir, path, "csv") if state_dir else None
         self._applied: list[bytes] | None = self._load_checkpoint()
-        """Digests of the rows applied, in file order; None before the first read."""
+        """Digests of the rows applied, in file order; None before the first read. The
+        rows of the file as last read are always its first ``_prefix.rows``."""
+        self._prefix: _CsvPrefix | None = None
+        self._errors: tuple[str, ...] = ()
 
     def commit(self) -> None:
         """Save what was applied (the caller applies a snapshot, then commits)."""
@@ -536,6 +557,7 @@ class CsvSource:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        self._prefix = None
 
     def poll(self) -> Snapshot | None:
         started_ns = time.time_ns()
@@ -579,10 +601,9 @@ class CsvSource:
             raise SourceUnavailable(self.path, f"grew past the {cap}-byte cap (source.max_bytes)")
         complete = data[: data.rfind(b"\n") + 1]  # a half-written last line waits
         try:
-            records, errors = csv_records(complete)
+            records, digests = self._rows(complete)
         except ValueError as exc:
             raise DocumentInvalid(self.path, f"is not readable as CSV ({exc})", False) from None
-        digests = [_row_digest(r) for r in records]
         applied = self._applied
         if applied is None:  # the first read, without a checkpoint
             applied = self._applied = []
@@ -598,9 +619,42 @@ class CsvSource:
             return None  # nothing past what was applied (perhaps a rewrite caught midway)
         self._applied = digests
         return Snapshot(
-            self.path, records[shared:], None, replaces=False, read_at=time.time(),
-            errors=tuple(errors),
+            self.path, records[shared - (len(digests) - len(records)) :], None,
+            replaces=False, read_at=time.time(), errors=self._errors,
         )  # fmt: skip
+
+    def _rows(self, complete: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """The rows of ``complete`` and the digests of every row of the file. The records
+        are of the rows past what the last read parsed when the file was only appended to
+        since (those digests are known), else of every row."""
+        prefix = self._prefix
+        digest = hashlib.blake2b(complete, digest_size=16)
+        if (
+            prefix is not None
+            and self._applied is not None
+            and len(complete) >= prefix.size
+            and hashlib.blake2b(complete[: prefix.size], digest_size=16).digest() == prefix.digest
+        ):
+            tail = complete[prefix.size :]
+            records, errors = csv_records(tail, prefix.header, prefix.lines + 1)
+            digests = self._applied[: prefix.rows] + [_row_digest(r) for r in records]
+            lines = prefix.lines + tail.count(b"\n")
+            header = prefix.header
+        else:
+            records, errors = csv_records(complete)
+            digests = [_row_digest(r) for r in records]
+            lines = complete.count(b"\n")
+            first = complete[: complete.find(b"\n") + 1].decode("utf-8-sig", "replace")
+            header = next(csv.reader([first.rstrip("\r\n")]), [])
+            if not header or '"' in first:  # no header yet, or a quoted one (it may span
+                lines = -1  # lines): no shortcut from this read
+        self._errors = tuple(errors)
+        self._prefix = (
+            _CsvPrefix(len(complete), digest.digest(), header, len(digests), lines)
+            if lines >= 0
+            else None
+        )
+        return records, digests
 
     def _load_checkpoint(self) -> list[bytes] | None:
         if self._checkpoint is None:
