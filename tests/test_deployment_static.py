@@ -881,6 +881,8 @@ def test_compose_runs_the_bridge_read_only_as_the_image_user_with_a_health_check
     assert "shared-metrics" in compose["volumes"]
     collector_mounts = services["otel-collector"]["volumes"]
     assert any(m.startswith("./deploy/otel-collector/config.yaml:") for m in collector_mounts)
+    # As in k8s/monitoring: no unauthenticated shutdown/reload API, even on 127.0.0.1.
+    assert "--web.enable-lifecycle" not in services["prometheus"]["command"]
 
 
 # --------------------------------------------------------------------------- Dockerfile
