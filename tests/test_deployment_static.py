@@ -1000,6 +1000,35 @@ DEPLOY_TARGETS = (
 )
 
 
+# Where a reader is told to run `make <target>`: the user docs and every deployment file.
+MAKE_MENTIONS = ("README.md", "submission.md", "docs", "k8s", "deploy", "mappings", "bench")
+
+
+def test_every_make_target_the_docs_and_manifests_name_exists() -> None:
+    targets = {
+        match
+        for makefile in ("Makefile", "deploy.mk")
+        for match in re.findall(r"^([a-z][\w-]*):", (ROOT / makefile).read_text(), re.M)
+    }
+    files = [
+        path
+        for entry in MAKE_MENTIONS
+        for path in ([ROOT / entry] if (ROOT / entry).is_file() else (ROOT / entry).rglob("*"))
+        if path.is_file() and path.suffix not in {".json", ".pyc"}
+    ]
+    # A hyphenated name is always a target (prose never says "make k8s-..."), a plain one
+    # only in backticks ("`make test`"), which keeps "make it reload" out.
+    mentioned = {
+        (name, str(path.relative_to(ROOT)))
+        for path in files
+        for pattern in (r"\bmake ([a-z][a-z0-9]*(?:-[a-z0-9]+)+)", r"`make ([a-z][\w-]*)")
+        for name in re.findall(pattern, path.read_text(errors="replace"))
+    }
+    assert {name for name, _ in mentioned} >= {"k8s-deploy", "dev-up", "test", "verify"}
+    unknown = sorted((name, where) for name, where in mentioned if name not in targets)
+    assert not unknown, f"no such make target: {unknown}"
+
+
 def test_deploy_mk_declares_every_target_phony_and_keeps_the_includers_goals(
     tmp_path: Path,
 ) -> None:
