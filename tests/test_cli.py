@@ -97,6 +97,37 @@ def test_preview_table_reports_series_per_metric() -> None:
     assert re.search(r"^  ml\.training\.loss\s+1$", out, re.M)
 
 
+def test_preview_table_gives_the_unit_a_column_of_its_own() -> None:
+    status, out, _ = call(
+        "preview", "--mapping", str(ROOT / "mappings/ml-training.yaml"), str(BRIEF)
+    )
+    assert status == 0
+    header, *lines = out.splitlines()
+    assert re.fullmatch(r" REC  METRIC +TYPE +VALUE  UNIT +ATTRIBUTES", header)
+    unit_at = header.index("UNIT")
+    accuracy = next(line for line in lines if " ml.training.accuracy " in line)
+    loss = next(line for line in lines if " ml.training.loss " in line)
+    # "0.876" then the unit "1" under UNIT: not "0.876 1" under VALUE.
+    assert accuracy[:unit_at].rstrip().endswith(" 0.876")
+    assert accuracy[unit_at:].startswith("1 ")
+    assert loss[unit_at:].startswith("  "), "no unit: the column stays blank"
+
+
+def test_every_command_and_option_has_help_without_project_jargon(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in ("", "run", "validate", "preview", "demo", "simulate"):
+        assert call(*([command] if command else []), "--help")[0] == 0
+        out = capsys.readouterr().out  # argparse prints help on sys.stdout
+        assert out.startswith("usage: ml-metrics-bridge"), command
+        assert "brief" not in out.lower(), command
+        options = re.findall(r"^  (--?[a-z][\w-]*)(?: \S+)?(\s*)(.*)$", out, re.M)
+        for option, _, text in options:
+            # argparse puts a long option's help on the next line when it does not fit.
+            following = out.split(option, 1)[1].splitlines()[1:2]
+            assert text or (following and following[0].startswith(" " * 20)), (command, option)
+
+
 # `validate --settings` (the Job's init container) must refuse exactly what `run` refuses,
 # in the same words: each case runs through both commands.
 CHECKS_SETTINGS = pytest.mark.parametrize(
@@ -285,7 +316,10 @@ def test_run_once_exits_1_when_the_file_is_missing(
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     status, _, err = call("run", "--once")
     assert status == 1
-    assert "absent.json: does not exist (yet)" in err
+    # The last line says why the exit status is 1, naming the file.
+    assert err.splitlines()[-1].endswith(
+        f"ERROR   run --once exits 1: {tmp_path / 'absent.json'}: does not exist (yet)"
+    )
 
 
 def test_demo_prints_simulated_training_metrics_until_stopped() -> None:

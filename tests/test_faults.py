@@ -133,8 +133,11 @@ def test_a_collector_absent_at_start_receives_data_once_it_is_up_without_a_resta
     metrics = tmp_path / "current.json"
     rewrite_in_place(metrics, brief_doc(150, loss=0.342))
     bridge = spawn_bridge(bridge_command("run"), env=bridge_env(absent_receiver, metrics))
+    # The cause, over HTTP too (whose SDK exporter says only "timeout, max retries or
+    # shutdown" when it gives up).
     bridge.wait_for_log(
-        r"export to \S+ \(OTLP/\w+\) failed: .*logged once per outage", stream="stderr"
+        r"export to \S+ \(OTLP/\w+\) failed: .*[Cc]onnection refused.*logged once per outage",
+        stream="stderr",
     )
 
     absent_receiver.start()
@@ -251,6 +254,44 @@ def test_long_collector_outage_with_bounded_memory(
 
 
 # --- SIGTERM --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 400], ids=["retried", "not-retried"])
+def test_an_http_collector_refusing_exports_is_logged_with_its_status(
+    tmp_path: Path, http_receiver: OtlpReceiver, spawn_bridge: Spawn, status: int
+) -> None:
+    http_receiver.fail_with(status)
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    env = bridge_env(http_receiver, metrics, OTEL_EXPORTER_OTLP_TIMEOUT="1000")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    reason = {503: "Service Unavailable", 400: "Bad Request"}[status]
+    bridge.wait_for_log(
+        rf"export to \S+ \(OTLP/HTTP\) failed: HTTP {status} {reason}\b.*logged once per outage",
+        stream="stderr",
+    )
+    assert_no_traceback(bridge)
+
+
+@pytest.mark.parametrize("timeout_ms", ["500", "10000"], ids=["gives-up", "still-retrying"])
+@pytest.mark.parametrize("absent_receiver", ["grpc", "http"], indirect=True)
+def test_run_once_against_a_dead_collector_exits_1_saying_why(
+    tmp_path: Path, absent_receiver: OtlpReceiver, spawn_bridge: Spawn, timeout_ms: str
+) -> None:
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    env = bridge_env(absent_receiver, metrics, OTEL_EXPORTER_OTLP_TIMEOUT=timeout_ms)
+    bridge = spawn_bridge(bridge_command("run", "--once"), env=env)
+    assert bridge.wait(timeout_s=GRACE_S) == 1
+    if timeout_ms == "500":  # the exporter gives up within the exit deadline
+        cause = r"WARNING export to \S+ \(OTLP/\w+\) failed: .*[Cc]onnection refused.*\n"
+        why = r"the export failed \(its cause is logged above\)"
+    else:  # still retrying at the 5 s deadline: what it met so far is the cause
+        cause = r"WARNING the last export did not finish within 5 s \(so far: .*[Cc]onnection refused.*\); exiting\n"
+        why = r"the export did not finish within 5 s"
+    assert re.search(rf"{cause}.*ERROR   run --once exits 1: {why}\n\Z", bridge.stderr), bridge.stderr
+    assert "shutdown can only be called once" not in bridge.output
+    assert_no_traceback(bridge)
 
 
 @pytest.mark.parametrize("timeout_ms", ["10000", "60000"], ids=["sdk-default-10s", "60s"])

@@ -80,9 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_validate)
 
     p = commands.add_parser("preview", help="show the data points run would export from INPUT")
-    p.add_argument("--mapping", metavar="PATH", required=True)
+    p.add_argument(
+        "--mapping", metavar="PATH", required=True,
+        help="the mapping file to apply to INPUT (its source.format says how INPUT is read)",
+    )  # fmt: skip
     p.add_argument("input", metavar="INPUT", help="a JSON document, JSON Lines or CSV file")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--format", choices=("table", "json"), default="table",
+        help="table: one line per data point, then drops and series counts; json: a list",
+    )  # fmt: skip
     p.set_defaults(handler=_preview)
 
     p = commands.add_parser("demo", help="simulated training job + bridge printing to the console")
@@ -90,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=1.0, help="seconds between documents")
     p.set_defaults(handler=_demo)
 
-    p = commands.add_parser("simulate", help="write the brief's document repeatedly (a mock job)")
+    p = commands.add_parser("simulate", help="write a metrics document repeatedly (a mock job)")
     p.add_argument("--output", required=True, metavar="PATH")
     p.add_argument("--interval-s", type=float, default=10.0)
     p.add_argument("--count", type=int, default=0, help="stop after this many writes (0: never)")
@@ -336,13 +342,18 @@ def _print_table(rows: list[dict[str, Any]], plan: Plan, out: TextIO) -> None:
         series.setdefault(r["name"], set()).add(tuple(sorted(r["attributes"].items())))
     dropped = [r for r in rows if "dropped" in r]
     width = max([len(r["name"]) for r in rows] + [6])
-    out.write(f"{'REC':>4}  {'METRIC':<{width}}  {'TYPE':<13} {'VALUE':>12}  ATTRIBUTES\n")
+    # The unit has a column of its own: beside the value, "0.876 1" read as two numbers.
+    unit_width = max([len(r["unit"] or "") for r in points] + [4])
+    out.write(
+        f"{'REC':>4}  {'METRIC':<{width}}  {'TYPE':<13} {'VALUE':>12}  "
+        f"{'UNIT':<{unit_width}}  ATTRIBUTES\n"
+    )
     for r in points:
         attrs = " ".join(f"{k}={v}" for k, v in r["attributes"].items())
-        unit = f" {r['unit']}" if r["unit"] else ""
         value = f"{r['value']:g}" if isinstance(r["value"], float) else str(r["value"])
         out.write(
-            f"{r['record']:>4}  {r['name']:<{width}}  {r['type']:<13} {value + unit:>12}  {attrs}\n"
+            f"{r['record']:>4}  {r['name']:<{width}}  {r['type']:<13} {value:>12}  "
+            f"{r['unit'] or '':<{unit_width}}  {attrs}\n"
         )
     if dropped:
         out.write(f"\ndropped ({len(dropped)}):\n")

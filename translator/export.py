@@ -64,6 +64,9 @@ class _LastMessage(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.message = ""
+        self.cause = ""
+        """What the last HTTP request met (a status, a refused connection, a timeout): the
+        SDK's HTTP exporter ends with a generic "due to timeout, max retries or shutdown"."""
         self.secrets: tuple[str, ...] = ()
         """Header values: an exporter's error may quote a request's headers."""
 
@@ -74,6 +77,17 @@ class _LastMessage(logging.Handler):
             message = str(record.msg)
         self.message = self.scrub(message)
 
+    def reset(self) -> None:
+        self.message = self.cause = ""
+
+    def reason(self) -> str:
+        """The cause first, then the SDK's own last word unless it only repeats the cause."""
+        if not self.cause:
+            return self.message
+        if not self.message or self.message.startswith("Transient error"):
+            return self.cause
+        return f"{self.cause}; {self.message}"
+
     def scrub(self, message: str) -> str:
         for secret in self.secrets:
             message = message.replace(secret, "<header value>")
@@ -81,6 +95,12 @@ class _LastMessage(logging.Handler):
 
 
 _SDK_EXPORTER_LOG = _LastMessage()
+
+
+def exporter_complaint() -> str:
+    """What the export under way has met so far ("" if nothing): the cause of an export
+    that is still retrying when the bridge must exit."""
+    return _SDK_EXPORTER_LOG.reason()
 
 
 def _capture_sdk_exporter_logs() -> None:
@@ -118,7 +138,7 @@ class _ObservedExporter(MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        _SDK_EXPORTER_LOG.message = ""
+        _SDK_EXPORTER_LOG.reset()
         try:
             completed = self._pipeline.completed(metrics_data) or metrics_data
             result = self._inner.export(completed, timeout_millis=timeout_millis)
@@ -145,7 +165,7 @@ class _ObservedExporter(MetricExporter):
         self.failures_in_outage += 1
         if self.failing_since is None:
             self.failing_since = time.monotonic()
-            reason = _SDK_EXPORTER_LOG.message or "no detail from the exporter"
+            reason = _SDK_EXPORTER_LOG.reason() or "no detail from the exporter"
             _log.warning(
                 "export to %s failed: %s (logged once per outage, with a count when it recovers)",
                 self.target,
@@ -247,6 +267,10 @@ class Pipeline:
             # No traces run in the sidecar, so exemplars would be empty; the default filter
             # still costs a context look-up on every histogram observation.
             exemplar_filter=AlwaysOffExemplarFilter(),
+            # The runtime shuts it down within its exit deadline. The SDK's atexit shutdown
+            # would run a second time after a last export cut short by that deadline, and
+            # print "shutdown can only be called once" as the process leaves.
+            shutdown_on_exit=False,
         )
         self.self_meter = self.meter_provider.get_meter(SELF_METER_NAME, __version__)
         self._lock = threading.Lock()
@@ -352,6 +376,7 @@ def _new_otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
     )
 
     http_exporter = HttpExporter(
+        session=_observed_http_session(),
         preferred_temporality=_CUMULATIVE,
         endpoint=settings.endpoint,
         certificate_file=settings.certificate_file,
@@ -361,6 +386,51 @@ def _new_otlp_exporter(settings: ExportSettings) -> tuple[MetricExporter, str]:
         timeout=settings.timeout_s,
     )
     return http_exporter, f"{settings.endpoint} (OTLP/HTTP)"
+
+
+def _observed_http_session() -> Any:
+    """A requests session that notes what each export request met for the failure line."""
+    import requests
+
+    class ObservedSession(requests.Session):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            try:
+                response = super().send(request, **kwargs)
+            except requests.RequestException as exc:
+                _SDK_EXPORTER_LOG.cause = _SDK_EXPORTER_LOG.scrub(_request_failure(exc))
+                raise
+            if response.status_code >= 400:
+                _SDK_EXPORTER_LOG.cause = f"HTTP {response.status_code} {response.reason}"
+            return response
+
+    return ObservedSession()
+
+
+def _request_failure(exc: BaseException) -> str:
+    """"connection refused", "timed out", ...: the innermost OS error under requests' and
+    urllib3's wrappers, else the exception itself."""
+    import requests
+
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror[:1].lower() + error.strerror[1:]
+        # urllib3 keeps the underlying error in `reason`; requests in args[0].
+        inner = [error.__cause__, error.__context__, getattr(error, "reason", None)]
+        inner += [a for a in error.args if isinstance(a, BaseException)]
+        pending.extend(e for e in inner if isinstance(e, BaseException))
+    text = str(exc)
+    for known in ("Connection refused", "Name or service not known", "timed out"):
+        if known in text:
+            return known[:1].lower() + known[1:]
+    return f"{type(exc).__name__}: {text}"
 
 
 def _prometheus_reader(settings: ExportSettings, pipeline: Pipeline) -> MetricReader:

@@ -15,13 +15,13 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from translator.engine import Evaluation, evaluate_into, exportable_attribute
 from translator.errors import ConfigError, DocumentInvalid, SettingsError, SourceError
-from translator.export import Pipeline, build_resource
+from translator.export import Pipeline, build_resource, exporter_complaint
 from translator.health import HealthServer
 from translator.instruments import InstrumentConflict, InstrumentRegistry
 from translator.logs import Throttled
@@ -76,7 +76,7 @@ class _Tracked:
 class _Poll:
     more: bool  # a source has a backlog: read again at once
     retry_soon: bool  # a document was half-written: read again shortly
-    all_read: bool  # every source could be read
+    unread: tuple[str, ...]  # why each source that could not be read was not ("" if all were)
 
 
 @dataclass(slots=True)
@@ -168,11 +168,11 @@ class Bridge:
                     raise SettingsError([("HEALTH_PORT", problem)]) from None
                 health.start()
                 _log.info("health endpoints on :%d (/healthz, /readyz)", health.port)
-        clean = True
+        unread: tuple[str, ...] = ()
         while True:
             self.loop_heartbeat = time.monotonic()
             poll = self._poll_all()
-            clean = poll.all_read
+            unread = poll.unread
             self._save_state()
             if poll.more:
                 if self._stop_if_signalled():
@@ -196,7 +196,7 @@ class Bridge:
         if health is not None:
             health.stop()
         try:
-            return self._finish(once=once, clean=clean, deadline=deadline)
+            return self._finish(once=once, unread=unread, deadline=deadline)
         finally:
             self._waker.close()
 
@@ -209,19 +209,19 @@ class Bridge:
     def _poll_all(self) -> _Poll:
         """Poll every source once."""
         retry_soon = more = False
-        all_read = True
+        unread: list[str] = []
         for job in self._jobs:
             for path in self._paths(job):
                 tracked = job.sources[path]
                 try:
                     snapshot = tracked.source.poll()
                 except SourceError as exc:
-                    all_read = False
+                    unread.append(str(exc))
                     retry_soon |= isinstance(exc, DocumentInvalid) and exc.retry_soon
                     self._read_failed(path, exc)
                     snapshot = None
                 except Exception:  # a bug of ours must not stop the other sources
-                    all_read = False
+                    unread.append(f"{path}: unexpected error (logged above)")
                     self._internal_error(path)
                     snapshot = None
                 else:
@@ -243,7 +243,7 @@ class Bridge:
                     if isinstance(tracked.source, _TAILED):
                         self._commit(tracked.source)
                 self._expire(job, path, tracked, now)
-        return _Poll(more=more, retry_soon=retry_soon, all_read=all_read)
+        return _Poll(more=more, retry_soon=retry_soon, unread=tuple(unread))
 
     def _paths(self, job: _Job) -> list[str]:
         """The files of ``job`` now; files that went away stop being reported."""
@@ -584,7 +584,7 @@ class Bridge:
             # While a backlog is read, batch what arrives meanwhile into the next export.
             self._stop.wait(MIN_EXPORT_SPACING_S)
 
-    def _finish(self, *, once: bool, clean: bool, deadline: float) -> int:
+    def _finish(self, *, once: bool, unread: tuple[str, ...], deadline: float) -> int:
         self._save_state(now=True)
         for job in self._jobs:
             for tracked in job.sources.values():
@@ -592,7 +592,7 @@ class Bridge:
                     tracked.source.close()
         if self._pipeline is None:
             _log.warning("stopping before any document was read; nothing to export")
-            return 1 if once else 0
+            return _once_exit([*unread, "nothing was exported"]) if once else 0
         pipeline = self._pipeline
         outcome: list[bool] = []
 
@@ -606,10 +606,29 @@ class Bridge:
         worker.start()
         worker.join(timeout=max(deadline - time.monotonic(), 0.1))
         if worker.is_alive():
-            _log.warning("the last export did not finish within %.0f s; exiting", SHUTDOWN_EXPORT_S)
-        if once:
-            return 0 if outcome == [True] and clean else 1
+            # Still retrying: what the exporter met so far is the only cause there will be.
+            so_far = exporter_complaint()
+            _log.warning(
+                "the last export did not finish within %.0f s%s; exiting",
+                SHUTDOWN_EXPORT_S,
+                f" (so far: {so_far})" if so_far else "",
+            )
+        if not once:
+            return 0
+        if not outcome:
+            unread += (f"the export did not finish within {SHUTDOWN_EXPORT_S:.0f} s",)
+        elif outcome != [True]:
+            unread += ("the export failed (its cause is logged above)",)
+        return _once_exit(unread)
+
+
+def _once_exit(problems: Sequence[str]) -> int:
+    """``run --once``'s exit status, saying why when it is 1."""
+    if not problems:
         return 0
+    # Two mappings may read one file: its problem is said once.
+    _log.error("run --once exits 1: %s", "; ".join(dict.fromkeys(problems)))
+    return 1
 
 
 def _source_key(plan: Plan, path: str) -> str:
