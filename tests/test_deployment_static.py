@@ -756,6 +756,33 @@ def test_dashboard_configmap_is_generated_from_the_dashboard_file_for_a_grafana_
     assert len(json.dumps(configmap)) < 200_000
 
 
+def test_dashboard_queries_the_data_source_grafana_picks_not_a_fixed_uid() -> None:
+    """A platform Grafana's Prometheus data source has a uid of its own choosing: every
+    query goes through the `datasource` variable, which defaults to the Grafana's default
+    Prometheus data source (compose provisions one; a platform has one)."""
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/ml-training.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert not variables["datasource"].get("current"), "a saved choice would pin one uid"
+    references: list[object] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("datasource"), dict):
+                references.append(node["datasource"])
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(dashboard)
+    assert references, "the dashboard names no data source"
+    fixed = [r for r in references if r != {"type": "prometheus", "uid": "${datasource}"}]
+    assert not fixed, f"data sources not through the variable: {fixed}"
+
+
 def test_collector_service_exposes_otlp_and_prometheus_ports(
     rendered: tuple[Path, list[dict[str, Any]]],
 ) -> None:

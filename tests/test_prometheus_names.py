@@ -271,6 +271,8 @@ def dashboard_queries() -> list[str]:
 
     def walk(node: object, key: str = "") -> None:
         if isinstance(node, dict):
+            if node.get("type") == "datasource":
+                return  # the data source variable: its query is a plugin type, not PromQL
             for child_key, child in node.items():
                 walk(child, child_key)
         elif isinstance(node, list):
