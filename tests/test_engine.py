@@ -320,3 +320,18 @@ def test_drop_details_show_values_as_the_file_writes_them_with_a_hint() -> None:
         "$.n is null",
         '$.s = "0.5" (parse_strings: true reads numbers written as text)',
     ]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [None, 1, "x", [], [1, {"a": 2}], {"per": []}, {"per": {"a": None, "b": [1]}}, {"k": math.inf}],
+)
+def test_the_new_forms_give_points_or_drops_never_exceptions_on_any_json(record: Any) -> None:
+    plan = plan_of(
+        "  - {name: a, type: gauge, path: \"$['{k}']\", range: {min: 0}}\n"
+        "  - {name: b, type: gauge, for_each: '$.per.{c}', path: '$.{m}'}\n"
+        "  - {name: c, type: counter, mode: total, count: '$.per[*]'}\n"
+        "  - {name: d, type: gauge, count: '$.per[?(@.x > 1)]', when: {not: {exists: $.z}}}\n"
+    )
+    result = evaluate(plan, record)
+    assert all(isinstance(v, int | float) for _, _, v in result.points)

@@ -143,6 +143,12 @@ many_paths = singular_paths.map(lambda p: p + "[*]") | st.sampled_from(
     ]
 )
 
+#: Key patterns: one point (or element) per matching key, the matched text an attribute.
+value_pattern_paths = singular_paths.flatmap(
+    lambda p: st.sampled_from([p + "['{k}']", p + ".{k}", p + "['a-{k}']", p + ".x_{k}"])
+)
+for_each_pattern_paths = singular_paths.map(lambda p: p + ".{c}")
+
 finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
 numbers = st.integers(min_value=-(10**20), max_value=10**20) | finite | st.integers(-5, 5)
 yaml_scalars = st.text(max_size=10) | st.integers(-(10**6), 10**6) | finite | st.booleans()
@@ -157,9 +163,10 @@ attribute_values = st.one_of(
 attribute_maps = st.dictionaries(st.text(min_size=1, max_size=10), attribute_values, max_size=3)
 
 _CONDITION_PARTS: dict[str, st.SearchStrategy[Any]] = {
-    "exists": singular_paths,
-    "absent": singular_paths,
+    "exists": singular_paths | many_paths,
+    "absent": singular_paths | many_paths,
     "equals": st.fixed_dictionaries({"path": singular_paths, "value": yaml_scalars | st.none()}),
+    "not": st.fixed_dictionaries({"exists": singular_paths | many_paths}),
 }
 conditions = st.lists(
     st.sampled_from(sorted(_CONDITION_PARTS)), min_size=1, max_size=3, unique=True
@@ -190,10 +197,18 @@ def instrument_specs(draw: st.DrawFn, index: int) -> dict[str, Any]:
 
 @st.composite
 def rules(draw: st.DrawFn, instrument: dict[str, Any]) -> dict[str, Any]:
-    rule = {**instrument, "path": draw(singular_paths)}
+    value = draw(st.sampled_from(["path", "path", "pattern", "count"]))
+    if value == "count":
+        rule = {**instrument, "count": draw(many_paths)}
+    else:
+        paths = singular_paths if value == "path" else value_pattern_paths
+        rule = {**instrument, "path": draw(paths)}
     optional: dict[str, st.SearchStrategy[Any]] = {
         "description": texts,
-        "for_each": many_paths,
+        "for_each": many_paths | for_each_pattern_paths,
+        "range": st.fixed_dictionaries({}, optional={"min": finite, "max": finite}).filter(
+            lambda r: bool(r) and r.get("min", 0) <= r.get("max", r.get("min", 0))
+        ),
         "when": conditions,
         "scale": numbers,
         "offset": numbers,
