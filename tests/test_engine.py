@@ -304,9 +304,7 @@ def test_when_not_and_filters_in_conditions() -> None:
 
 def test_a_filter_in_for_each_selects_the_elements_that_fit() -> None:
     plan = plan_of("  - {name: a, type: gauge, for_each: '$.g[?(@.u >= 0)]', path: $.u}\n")
-    assert points_of(plan, {"g": [{"u": 1}, {"u": -1}, {"u": "n/a"}, {"x": 2}]}) == [
-        ("a", {}, 1)
-    ]
+    assert points_of(plan, {"g": [{"u": 1}, {"u": -1}, {"u": "n/a"}, {"x": 2}]}) == [("a", {}, 1)]
 
 
 def test_drop_details_show_values_as_the_file_writes_them_with_a_hint() -> None:
