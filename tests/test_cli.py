@@ -116,16 +116,22 @@ def test_preview_table_gives_the_unit_a_column_of_its_own() -> None:
 def test_every_command_and_option_has_help_without_project_jargon(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for command in ("", "run", "validate", "preview", "demo", "simulate"):
+    for command in ("", "run", "validate", "preview", "init", "demo", "simulate"):
         assert call(*([command] if command else []), "--help")[0] == 0
         out = capsys.readouterr().out  # argparse prints help on sys.stdout
         assert out.startswith("usage: ml-metrics-bridge"), command
         assert "brief" not in out.lower(), command
-        options = re.findall(r"^  (--?[a-z][\w-]*)(?: \S+)?(\s*)(.*)$", out, re.M)
-        for option, _, text in options:
-            # argparse puts a long option's help on the next line when it does not fit.
-            following = out.split(option, 1)[1].splitlines()[1:2]
-            assert text or (following and following[0].startswith(" " * 20)), (command, option)
+        lines = out.split("\noptions:\n", 1)[1].splitlines()
+        for number, line in enumerate(lines):
+            if not line.startswith("  -"):
+                continue
+            # "  --opt VALUE   help", or the help alone on the next, deeper-indented line.
+            spec, _, text = line.strip().partition("  ")
+            following = lines[number + 1] if number + 1 < len(lines) else ""
+            has_help = bool(text.strip()) or (
+                following.startswith(" " * 8) and not following.strip().startswith("-")
+            )
+            assert has_help, f"{command or 'ml-metrics-bridge'} {spec}: no help"
 
 
 # `validate --settings` (the Job's init container) must refuse exactly what `run` refuses,

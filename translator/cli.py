@@ -1,4 +1,4 @@
-"""The command line: ``run``, ``validate``, ``preview``, ``demo`` and ``simulate``.
+"""The command line: ``run``, ``validate``, ``preview``, ``init``, ``demo`` and ``simulate``.
 
 ``main()`` is ``sys.exit(run(argv, stdout, stderr))`` so tests call :func:`run` in-process.
 Exit status: 0 success, 1 a run that could not deliver (``--once``), 2 bad configuration.
@@ -27,6 +27,7 @@ from translator.logs import configure as configure_logging
 from translator.mapping import Plan, load_plan, load_plans, mapping_files
 from translator.mapping.compiler import DEFAULT_SOURCE_PATH, conflicts_between
 from translator.mapping.plan import SourceFormat
+from translator.scaffold import DEFAULT_PREFIX, PREFIX_PATTERN
 from translator.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -96,9 +97,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=1.0, help="seconds between documents")
     p.set_defaults(handler=_demo)
 
+    p = commands.add_parser("init", help="print a commented first mapping for a sample file")
+    p.add_argument(
+        "sample", metavar="SAMPLE",
+        help="what the job writes: a JSON document, JSON Lines, a history array or CSV",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefix", type=_prefix, default=DEFAULT_PREFIX,
+        help=f"the start of every metric name (default: {DEFAULT_PREFIX})",
+    )  # fmt: skip
+    p.set_defaults(handler=_init)
+
     p = commands.add_parser("simulate", help="write a metrics document repeatedly (a mock job)")
-    p.add_argument("--output", required=True, metavar="PATH")
-    p.add_argument("--interval-s", type=float, default=10.0)
+    p.add_argument("--output", required=True, metavar="PATH", help="the file to write")
+    p.add_argument(
+        "--interval-s", type=float, default=10.0, help="seconds between writes (default: 10)"
+    )
     p.add_argument("--count", type=int, default=0, help="stop after this many writes (0: never)")
     p.add_argument("--atomic", action="store_true", help="write a temporary file and rename it")
     p.set_defaults(handler=_simulate)
@@ -369,6 +383,29 @@ def _print_table(rows: list[dict[str, Any]], plan: Plan, out: TextIO) -> None:
         n = counts.get(instrument.name, 0)
         warn = "   <- high cardinality" if n > 100 else ""
         out.write(f"  {instrument.name:<{width}}  {n}{warn}\n")
+
+
+# --- init ---------------------------------------------------------------------------------
+
+
+def _prefix(text: str) -> str:
+    if not PREFIX_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a letter, then letters, digits, '_', '.', '-' or '/' (e.g. ml.training)"
+        )
+    return text
+
+
+def _init(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from translator.scaffold import ScaffoldError, scaffold
+
+    try:
+        mapping = scaffold(args.sample, prefix=args.prefix)
+    except ScaffoldError as exc:
+        stderr.write(f"ml-metrics-bridge init: {exc}\n")
+        return EXIT_FAILED
+    stdout.write(mapping)
+    return EXIT_OK
 
 
 # --- demo and simulate --------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""``ml-metrics-bridge init SAMPLE``: the mapping proposed for a sample validates, reads
+every numeric leaf of the sample, and is what tests/cases/<name>/init.yaml expects.
+
+``init.yaml`` sits beside a case's input: the brief's document and the shipped examples'
+samples. After a deliberate change to the proposals, regenerate one with
+``ml-metrics-bridge init tests/cases/NAME/input.* > tests/cases/NAME/init.yaml`` and read
+its diff: that diff is the review of the change.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from translator.cli import run
+from translator.mapping import load_plan
+from translator.sources import csv_records, parse_json
+
+CASES = Path(__file__).parent / "cases"
+ALL_SAMPLES = sorted(p for p in CASES.glob("*/input.*"))
+EXPECTED = sorted(p.parent for p in CASES.glob("*/init.yaml"))
+
+
+def call(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run(list(argv), out, err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def _input_of(case: Path) -> Path:
+    (found,) = [p for p in case.iterdir() if p.name.startswith("input.")]
+    return found
+
+
+def _numeric_leaves(value: Any, attribute_keys: set[str], in_element: bool = False) -> list[float]:
+    """Every finite number in a record, as init promises to map it: a list of numbers is
+    its last value; in the elements of a list of objects, the keys used as attributes are
+    not values, and nested objects and lists are left out (init lists them in a comment)."""
+    if isinstance(value, dict):
+        return [
+            n
+            for k, v in value.items()
+            if not (in_element and (k in attribute_keys or isinstance(v, dict | list)))
+            for n in _numeric_leaves(v, attribute_keys, in_element)
+        ]
+    if isinstance(value, list):
+        if value and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return _numeric_leaves(value[-1], attribute_keys)
+        return [n for v in value for n in _numeric_leaves(v, attribute_keys, in_element=True)]
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return [float(value)]
+    return []
+
+
+def _attribute_keys(mapping_text: str) -> set[str]:
+    """The keys that the proposed mapping's per-element attributes read ($.index -> index)."""
+    mapping = yaml.safe_load(mapping_text)
+    return {
+        spec["path"].removeprefix("$.")
+        for metric in mapping["metrics"]
+        for spec in (metric.get("attributes") or {}).values()
+        if isinstance(spec, dict) and "path" in spec
+    }
+
+
+def _records(sample: Path, mapping: Path) -> list[Any]:
+    plan = load_plan(mapping)
+    data = sample.read_bytes()
+    if plan.source.format.value == "jsonl":
+        return [parse_json(line) for line in data.splitlines() if line.strip()]
+    if plan.source.format.value == "csv":
+        return csv_records(data)[0]
+    document = parse_json(data)
+    return plan.source.records.all(document) if plan.source.records else [document]
+
+
+@pytest.mark.parametrize("case", EXPECTED, ids=lambda p: p.name)
+def test_init_proposes_the_expected_mapping(case: Path) -> None:
+    status, out, err = call("init", str(_input_of(case)))
+    assert (status, err) == (0, "")
+    assert out == (case / "init.yaml").read_text()
+
+
+def test_the_brief_and_every_shipped_sample_have_an_expected_proposal() -> None:
+    # The brief's document and the samples of mappings/examples/ (tests/cases holds more).
+    for name in ("brief-default", "gpustat", "huggingface-trainer", "detectron2-jsonl",
+                 "wandb-summary", "keras-history", "per-class-eval", "lightning-csv"):
+        assert (CASES / name / "init.yaml").is_file(), name
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda p: p.parent.name)
+def test_the_proposal_validates_and_previews_a_point_for_every_numeric_leaf(
+    sample: Path, tmp_path: Path
+) -> None:
+    status, out, err = call("init", str(sample))
+    assert status == 0, err
+    mapping = tmp_path / "proposed.yaml"
+    mapping.write_text(out)
+    attribute_keys = _attribute_keys(out)
+    assert call("validate", str(mapping))[0] == 0
+    status, out, err = call("preview", "--mapping", str(mapping), str(sample), "--format", "json")
+    assert status == 0, err
+    rows = json.loads(out)
+    for number, record in enumerate(_records(sample, mapping)):
+        points = [r for r in rows if r["record"] == number and "dropped" not in r]
+        given = sorted(float(p["value"]) for p in points)
+        for leaf in _numeric_leaves(record, attribute_keys):
+            assert leaf in given, f"record {number}: {leaf} has no point\n{out}"
+    drops = {r["dropped"]["reason"] for r in rows if "dropped" in r}
+    # What is dropped is what cannot be a number: NaN, and text where numbers are.
+    assert drops <= {"non_finite", "not_a_number"}, drops
+
+
+def test_prefix_starts_every_name_and_a_bad_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    sample = str(CASES / "brief-default" / "input.json")
+    status, out, _ = call("init", sample, "--prefix", "acme.train")
+    assert status == 0
+    names = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("  - name: ")]
+    assert names and all(name.startswith("acme.train.") for name in names)
+    assert call("init", sample, "--prefix", "9lives")[0] == 2
+    assert "argument --prefix: '9lives': a letter, then letters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot be read: No such file or directory"),
+        ("", "is empty; init needs a sample with values in it"),
+        ("hello\n", "not JSON, JSON Lines or CSV with a header line"),
+        ("[1, 2]", "a JSON list, but not of objects (records)"),
+        ('{"job_id": "a", "ok": true}', "no numeric value in the sample: nothing to map"),
+    ],
+    ids=["missing", "empty", "text", "list-of-numbers", "no-numbers"],
+)
+def test_a_sample_init_cannot_use_is_named_with_the_reason(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    sample = tmp_path / "sample.json"
+    if content is not None:
+        sample.write_text(content)
+    status, out, err = call("init", str(sample))
+    assert (status, out, err) == (1, "", f"ml-metrics-bridge init: {sample}: {problem}\n")
