@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from support.otlp_receiver import OtlpReceiver, Point
 from support.process import BridgeProcess, bridge_command, free_port
@@ -852,3 +853,30 @@ def test_an_otlp_http_header_the_sdk_would_quote_in_a_warning_is_sent_and_never_
     bridge.send_signal(signal.SIGTERM)
     assert bridge.wait(timeout_s=GRACE_S) == 0
     assert "SECRET" not in bridge.output, bridge.describe()
+
+
+def test_control_characters_in_collector_errors_and_paths_never_forge_a_log_line(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    hostile = folder / "x\nFORGED ERROR from the path\x1b[2J.json"
+    hostile.write_text("{not json")
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{folder}/*.json'}}\n"
+        "metrics:\n  - {name: test.value, type: gauge, path: $.value}\n"
+    )
+    (folder / "good.json").write_text(json.dumps({"value": 1}))
+    grpc_receiver.fail_with(grpc.StatusCode.INVALID_ARGUMENT, message="rejected\nFORGED ERROR from the collector")
+    env = bridge_env(grpc_receiver, folder / "good.json", MAPPING_PATH=str(mapping))
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    bridge.wait_for_log(r"export to .* failed: .*FORGED ERROR from the collector", stream="stderr")
+    bridge.wait_for_log(r"FORGED ERROR from the path.*is not valid JSON", stream="stderr")
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    forged = [line for line in bridge.stderr.splitlines() if line.startswith("FORGED")]
+    assert not forged, bridge.describe()
+    assert "\x1b" not in bridge.stderr
+    assert r"x\nFORGED ERROR from the path\x1b[2J.json" in bridge.stderr

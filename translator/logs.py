@@ -2,6 +2,11 @@
 
 A problem that repeats on every poll (a missing file, a mapping rule that never matches)
 is logged the first time, then at most once a minute with the number of repeats.
+
+Log messages quote foreign text: paths, a collector's error text, what a file held. A
+control character in it (a newline, an ANSI escape) must never start a forged line or
+repaint a terminal, so every message is written with them escaped (``\n``, ``\x1b``):
+one record is always one line (a traceback, appended by the formatter, aside).
 """
 
 from __future__ import annotations
@@ -11,6 +16,29 @@ import logging
 import sys
 import time
 from typing import Any, TextIO
+
+#: C0 and C1 control characters and the Unicode line and paragraph separators.
+_CONTROLS = {
+    code: ("\\n" if code == 10 else "\\t" if code == 9 else f"\\x{code:02x}")
+    for code in (*range(0x20), *range(0x7F, 0xA0))
+} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped (a newline becomes ``\n``)."""
+    return text.translate(_CONTROLS)
+
+
+class _EscapeControls(logging.Filter):
+    """Makes every record's message one printable line (see the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it itself
+            return True
+        record.msg, record.args = printable(message), None
+        return True
 
 
 class _JsonFormatter(logging.Formatter):
@@ -39,6 +67,7 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
         )
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
+    handler.addFilter(_EscapeControls())
     logging.Formatter.converter = time.gmtime
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -435,7 +435,11 @@ class Bridge:
                 self._registry.check(plans)
         except (ConfigError, InstrumentConflict) as exc:
             self.stats.reloads["failure"] += 1
-            _log.error("mapping reload rejected; the running mapping stays in force:\n%s", exc)
+            # One record per problem: a record is one line (control characters escaped).
+            for problem in str(exc).splitlines():
+                _log.error(
+                    "mapping reload rejected; the running mapping stays in force: %s", problem
+                )
             return
         old = {_reading(job.plan): job for job in self._jobs}
         jobs = []
