@@ -880,3 +880,63 @@ def test_control_characters_in_collector_errors_and_paths_never_forge_a_log_line
     assert not forged, bridge.describe()
     assert "\x1b" not in bridge.stderr
     assert r"x\nFORGED ERROR from the path\x1b[2J.json" in bridge.stderr
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _probe(port: int) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0  # refused or closed: not answered
+
+
+def test_idle_health_connections_are_capped_timed_out_and_closing_them_prints_nothing(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """Each idle connection held a thread and a file descriptor for ever: 58 of them used
+    up nofile=64, and the metrics file "could not be read"."""
+    import socket
+    import struct
+
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    port = free_port()
+    env = bridge_env(grpc_receiver, metrics, HEALTH_PORT=str(port), HEALTH_HOST="127.0.0.1")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    bridge.wait_for_log(rf"health endpoints on 127\.0\.0\.1:{port} ", stream="stderr")
+    grpc_receiver.wait_for_point("ml.training.loss")
+    assert _probe(port) == 200
+    fds_before = _open_fds(bridge.pid)
+
+    idle = []
+    for _ in range(60):
+        client = socket.create_connection(("127.0.0.1", port), timeout=30)
+        idle.append(client)
+    grpc_receiver.wait_for(lambda: _open_fds(bridge.pid) >= fds_before + 4, what="some accepted")
+    assert _open_fds(bridge.pid) <= fds_before + 16, "idle connections are capped"
+    # Every idle connection ends: closed on arrival (over the cap) or after the read timeout.
+    for client in idle:
+        assert client.recv(1) == b"", "the bridge closes an idle connection"
+    grpc_receiver.wait_for(lambda: _probe(port) == 200, what="probes answered again")
+    # Clients that reset their connection mid-request: no traceback for any of them.
+    for _ in range(20):
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+    for client in idle:
+        client.close()
+    assert _probe(port) == 200
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert_no_traceback(bridge)
+    assert "Exception occurred during processing" not in bridge.stderr

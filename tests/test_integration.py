@@ -298,7 +298,7 @@ def test_health_endpoints_follow_export_outcomes(
         grpc_receiver, metrics, HEALTH_PORT=str(port), OTEL_EXPORTER_OTLP_TIMEOUT="500"
     )
     bridge = spawn_bridge(bridge_command("run"), env=env)
-    bridge.wait_for_log(r"health endpoints on :\d+", stream="stderr")
+    bridge.wait_for_log(r"health endpoints on \S+:\d+", stream="stderr")
     grpc_receiver.wait_for_point("ml.training.loss")
     base = f"http://127.0.0.1:{port}"
     assert _get(base + "/healthz")[0] == 200

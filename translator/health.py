@@ -3,15 +3,59 @@
 ``/healthz``: the process answers and its reading loop went round recently.
 ``/readyz``: a mapping is loaded and the last export succeeded (or none was tried yet).
 Each answers a small JSON body saying why. This module only reads the bridge's state.
+
+Whoever can reach the port may connect: a connection that sends nothing is closed after
+``READ_TIMEOUT_S``, at most ``MAX_CONNECTIONS`` are served at once (more are closed on
+arrival, before a thread or a read), and a client that disconnects early is not an error
+worth a traceback. So idle clients cannot take the process's threads or file descriptors.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+_log = logging.getLogger(__name__)
+
+#: A probe sends its request at once; an idle connection is closed after this long.
+READ_TIMEOUT_S = 5.0
+#: Connections served at the same time; probes come one at a time, every few seconds.
+MAX_CONNECTIONS = 8
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: close it now rather than queue a thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that went away (reset, broken pipe, timeout): nothing to report
+        _log.error("health endpoint: unexpected error (a bug: please report it)", exc_info=True)
 
 
 class HealthServer:
@@ -21,6 +65,8 @@ class HealthServer:
         state = check
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_S  # applied to the socket: every read is bounded
+
             def do_GET(self) -> None:
                 if self.path not in ("/healthz", "/readyz"):
                     self._answer(404, {"error": "try /healthz or /readyz"})
@@ -40,11 +86,15 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # probes every few seconds would drown the log
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host, port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
         )
+
+    @property
+    def address(self) -> str:
+        host, port = str(self._server.server_address[0]), self.port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
     def port(self) -> int:
@@ -56,3 +106,6 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT_S", "HealthServer"]

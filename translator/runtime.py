@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -161,13 +162,17 @@ class Bridge:
             exporter = threading.Thread(target=self._export_loop, name="export", daemon=True)
             exporter.start()
             if self.settings.health_port is not None:
+                host, port = self.settings.health_host, self.settings.health_port
                 try:
-                    health = HealthServer(self.settings.health_port, self.health)
+                    health = HealthServer(port, self.health, host)
                 except OSError as exc:
-                    problem = f"cannot listen on port {self.settings.health_port}: {exc.strerror}"
+                    if isinstance(exc, socket.gaierror):
+                        problem = f"{host!r} is not an address of this host: {exc.strerror}"
+                        raise SettingsError([("HEALTH_HOST", problem)]) from None
+                    problem = f"cannot listen on {host}:{port}: {exc.strerror}"
                     raise SettingsError([("HEALTH_PORT", problem)]) from None
                 health.start()
-                _log.info("health endpoints on :%d (/healthz, /readyz)", health.port)
+                _log.info("health endpoints on %s (/healthz, /readyz)", health.address)
         unread: tuple[str, ...] = ()
         while True:
             self.loop_heartbeat = time.monotonic()

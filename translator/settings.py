@@ -52,6 +52,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     health_port: int | None = None
+    health_host: str = "0.0.0.0"
+    """Every address by default: the kubelet probes the pod's IP, not its loopback."""
     state_dir: str | None = None
     export: ExportSettings = field(default_factory=ExportSettings)
 
@@ -166,6 +168,7 @@ def load_settings(
         log_level=env.choice("LOG_LEVEL", "INFO", _LEVELS, upper=True),
         log_format=env.choice("LOG_FORMAT", "text", ("text", "json")),
         health_port=env.port("HEALTH_PORT"),
+        health_host=env.get("HEALTH_HOST") or "0.0.0.0",
         state_dir=env.writable_directory("STATE_DIR"),
         export=_export_settings(env),
     )
