@@ -940,3 +940,80 @@ def test_idle_health_connections_are_capped_timed_out_and_closing_them_prints_no
     assert bridge.wait(timeout_s=GRACE_S) == 0
     assert_no_traceback(bridge)
     assert "Exception occurred during processing" not in bridge.stderr
+
+
+_SAME_LENGTH_WRITER = r"""
+import json, sys, time
+path, duration_s = sys.argv[1], float(sys.argv[2])
+meta = {"job_id": "job-7", "model_name": "resnet-50", "dataset": "imagenet"}
+template = json.dumps({"timestamp": "TTTTTT", "job_metadata": meta, "training_metrics": {
+    "batch_number": 111111111, "training_loss": 0.222222222}})
+def text(step):
+    # Same length every time; each field changes in every digit from one step to the next.
+    return (template.replace("TTTTTT", f"{step:06d}")
+            .replace("111111111", f"{100000000 + step * 1000003:09d}")
+            .replace("0.222222222", f"0.{(step * 7919) % 10**9:09d}"))
+cuts = (template.index("111111111") + 5, template.index("0.222222222") + 6)
+step, ends = 0, time.monotonic() + duration_s
+with open(path, "r+b") as fh:
+    fh.write(text(0).encode())  # the first version, whole
+    fh.flush()
+    while time.monotonic() < ends:
+        step += 1
+        data = text(step).encode()
+        fh.seek(0)
+        for start, end in zip((0, *cuts), (*cuts, len(data))):  # three chunks, 1 ms apart
+            fh.write(data[start:end])
+            fh.flush()
+            if end < len(data):
+                written_at = time.monotonic()
+                time.sleep(0.001)
+                if time.monotonic() - written_at > 0.004:
+                    # Stalled (a busy machine): this mix held still long enough to be taken
+                    # for a version; report it, the test cannot blame the reader for it.
+                    mix = json.loads(data[:end] + text(step - 1).encode()[end:])
+                    print("stalled", json.dumps(mix["training_metrics"]), flush=True)
+        time.sleep(0.003)  # about 200 versions a second
+print(f"wrote {step} versions", flush=True)
+"""
+
+
+def test_a_same_length_overwrite_in_place_is_never_applied_half_written(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """No truncation, same length: between the writer's chunks the file holds a mix of two
+    versions that parses. Such a mix must never be exported: not as a loss nobody wrote,
+    nor as a running total going down and up again (a phantom reset)."""
+    metrics = tmp_path / "current.json"
+    metrics.write_bytes(b" " * 300)  # trailing blanks stay: JSON allows them
+    writer = spawn_bridge(
+        [sys.executable, "-c", _SAME_LENGTH_WRITER, str(metrics), "0"], name="first version"
+    )
+    assert writer.wait(timeout_s=30) == 0
+    bridge = spawn_bridge(bridge_command("run"), env=bridge_env(grpc_receiver, metrics))
+    grpc_receiver.wait_for_point("ml.training.loss")
+
+    writer = spawn_bridge(
+        [sys.executable, "-c", _SAME_LENGTH_WRITER, str(metrics), "3"], name="same-length writer"
+    )
+    assert writer.wait(timeout_s=40) == 0
+    written = int(writer.wait_for_log(r"wrote (\d+) versions", stream="stdout").group(1))
+    last_loss = ((written * 7919) % 10**9) / 10**9
+    grpc_receiver.wait_for_point("ml.training.loss", where=number_is(last_loss), timeout_s=15)
+    losses = {((step * 7919) % 10**9) / 10**9 for step in range(written + 1)}
+    batches = {100000000 + step * 1000003 for step in range(written + 1)}
+    for mix in re.findall(r"^stalled (.*)$", writer.stdout, re.MULTILINE):
+        losses.add(json.loads(mix)["training_loss"])
+        batches.add(json.loads(mix)["batch_number"])
+    exported_losses = [p.number for p in grpc_receiver.points("ml.training.loss")]
+    exported_batches = [p.number for p in grpc_receiver.points("ml.training.batch_number")]
+    torn = sorted(set(exported_losses) - losses)
+    assert not torn, (
+        f"{len(torn)} of {len(exported_losses)} exported losses were never written, "
+        f"e.g. {torn[:5]}"
+    )
+    assert set(exported_batches) <= batches, "a running total never written was exported"
+    if not re.search("^stalled", writer.stdout, re.MULTILINE):
+        assert exported_batches == sorted(exported_batches), "a phantom reset of a running total"
+    assert bridge.running
+    assert_no_traceback(bridge)

@@ -230,6 +230,10 @@ class Bridge:
                     self._internal_error(path)
                     snapshot = None
                 else:
+                    # A document changing under the read: read it again soon, quietly.
+                    retry_soon |= isinstance(tracked.source, DocumentSource) and (
+                        tracked.source.settling
+                    )
                     if self._throttle.clear("read", path):
                         _log.info("%s: reading again", path, extra={"source": path})
                 now = time.monotonic()

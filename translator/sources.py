@@ -42,6 +42,15 @@ from translator.mapping.plan import SourceSpec
 #: the same timestamp tick; it is re-read even when stat() looks unchanged (git's
 #: "racy clean" problem).
 _RACY_WINDOW_NS = 2_000_000_000
+#: A parse is not proof of a complete write: a writer overwriting in place without
+#: truncating (same length, several chunks) leaves, between its chunks, a mix of two
+#: versions that parses. A read is applied only once the file has held still: its status
+#: (inode, size, mtime, ctime) the same before and after the read and its ctime at least
+#: _SETTLED_NS old, or, for a file changed just now, a second read _SECOND_READ_S later
+#: giving the same bytes under the same status. A file that never holds that still is
+#: read again soon, quietly (see DocumentSource.settling).
+_SETTLED_NS = 20_000_000
+_SECOND_READ_S = 0.005
 
 
 class SourceMissing(SourceUnavailable):
@@ -125,6 +134,8 @@ class DocumentSource:
         """What identifies the document's events: its version key, else its content."""
         self._sequence: list[bytes] = []
         """The identities of the history records last read, in file order."""
+        self.settling = False
+        """The last poll found the file changing under it: poll again soon."""
 
     def poll(self) -> Snapshot | None:
         """The new version of the document, or None when there is nothing new."""
@@ -139,7 +150,11 @@ class DocumentSource:
                 self.path,
                 f"is {st.st_size} bytes, over the {cap}-byte cap (source.max_bytes)",
             )
-        data = _read_capped(self.path, cap)
+        self.settling = False
+        data = self._read_settled(cap)
+        if data is None:
+            self.settling = True
+            return None
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if digest == self._digest:
             self._fingerprint, self._checked_ns = fingerprint, started_ns
@@ -208,6 +223,17 @@ class DocumentSource:
             self._sequence = sequence
         except (AttributeError, TypeError, ValueError):
             pass
+
+    def _read_settled(self, cap: int) -> bytes | None:
+        """The file's bytes once it held still (see _SETTLED_NS), or None if it did not."""
+        first, before, after = _read_capped(self.path, cap)
+        if _same_status(before, after) and time.time_ns() - after.st_ctime_ns >= _SETTLED_NS:
+            return first
+        time.sleep(_SECOND_READ_S)
+        second, _, after_second = _read_capped(self.path, cap)
+        if _same_status(before, after_second) and second == first:
+            return second
+        return None
 
     def _record_key(self, record: Any) -> bytes:
         if not self.spec.record_key:
@@ -706,15 +732,25 @@ def _open_regular(path: str) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def _read_capped(path: str, cap: int) -> bytes:
+def _read_capped(path: str, cap: int) -> tuple[bytes, os.stat_result, os.stat_result]:
+    """The file's bytes, with its status just before and just after reading them."""
     with _open_regular(path) as fh:
         try:
+            before = os.fstat(fh.fileno())
             data: bytes = fh.read(cap + 1)
+            after = os.fstat(fh.fileno())
         except OSError as exc:
             raise _read_error(path, exc) from None
     if len(data) > cap:
         raise SourceUnavailable(path, f"grew past the {cap}-byte cap (source.max_bytes)")
-    return data
+    return data, before, after
+
+
+def _same_status(a: os.stat_result, b: os.stat_result) -> bool:
+    """No write in between (as far as the file system's timestamps can tell)."""
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns
+    )  # fmt: skip
 
 
 _NOT_A_FILE = "is not a regular file (a directory?)"
