@@ -1017,3 +1017,112 @@ def test_a_same_length_overwrite_in_place_is_never_applied_half_written(
         assert exported_batches == sorted(exported_batches), "a phantom reset of a running total"
     assert bridge.running
     assert_no_traceback(bridge)
+
+
+def _same_head_lines(first: int, count: int) -> bytes:
+    """JSON Lines whose first 128 bytes are the same whatever `first` is."""
+    pad = "p" * 150
+    return b"".join(
+        json.dumps({"one": 1, "pad": pad, "seq": seq, "note": "x" * (seq % 23)}).encode() + b"\n"
+        for seq in range(first, first + count)
+    )
+
+
+def test_jsonl_copytruncate_grown_back_past_the_offset_before_a_poll_loses_nothing(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The first 128 bytes are the same after the truncation and the file is already
+    longer than the bridge's offset when it looks: only the line before the offset tells."""
+    log, bridge = _jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge, COLLECTION_INTERVAL="1")
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, 600))
+    _records_total_is(grpc_receiver, 600)
+    shutil.copyfile(log, tmp_path / "metrics.jsonl.1")
+    with open(log, "r+b") as fh:  # truncate and grow back in one go, well inside a poll
+        fh.truncate(0)
+        fh.write(_same_head_lines(1001, 700))
+    assert log.stat().st_size > (tmp_path / "metrics.jsonl.1").stat().st_size
+    _records_total_is(grpc_receiver, 1300)
+    _stays(grpc_receiver, 1300)
+    bridge.wait_for_log(r"metrics\.jsonl: was truncated or rewritten in place", stream="stderr")
+    assert "not JSON" not in bridge.stderr, "a resume mid-line reads half a line"
+    assert_no_traceback(bridge)
+
+
+def test_jsonl_rewritten_with_the_same_head_while_the_bridge_is_down_is_read_whole(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    log, first = _jsonl_bridge(
+        tmp_path, grpc_receiver, spawn_bridge, STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=1",
+    )  # fmt: skip
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, 1000))
+    _records_total_is(grpc_receiver, 1000, **{"bridge.run": "1"})
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=GRACE_S) == 0
+
+    with open(log, "r+b") as fh:  # same inode, same first bytes, 2,000 other lines
+        fh.truncate(0)
+        fh.write(_same_head_lines(5001, 2000))
+    env = bridge_env(
+        grpc_receiver, log, MAPPING_PATH=str(tmp_path / "jsonl.yaml"), STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=2",
+    )  # fmt: skip
+    second = spawn_bridge(bridge_command("run"), env=env, name="bridge (restarted)")
+    _records_total_is(grpc_receiver, 2000, **{"bridge.run": "2"})
+    _stays(grpc_receiver, 2000, **{"bridge.run": "2"})
+    second.wait_for_log(r"metrics\.jsonl: was rotated or rewritten while the sidecar was stopped")
+    assert_no_traceback(second)
+
+
+def _checkpointed_offset(state: Path) -> int | None:
+    for checkpoint in state.glob("jsonl-*.json"):
+        try:
+            return int(json.loads(checkpoint.read_bytes())["offset"])
+        except (OSError, ValueError, KeyError):
+            return None  # being replaced: look again
+    return None
+
+
+def test_jsonl_lines_read_while_the_collector_was_down_are_delivered_after_a_restart(
+    tmp_path: Path, absent_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """The checkpoint records what was delivered, not what was read: lines read during an
+    outage and still undelivered at SIGTERM are read again by the next process."""
+    state = tmp_path / "state"
+    state.mkdir()
+    absent_receiver.start()
+    log, first = _jsonl_bridge(
+        tmp_path, absent_receiver, spawn_bridge, STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=1", OTEL_METRICS_EXPORTER="otlp,console",
+    )  # fmt: skip
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, 1000))
+    _records_total_is(absent_receiver, 1000, **{"bridge.run": "1"})
+    # The checkpoint follows a successful export (a restart may deliver that export again).
+    delivered = len(_same_head_lines(1, 1000))
+    absent_receiver.wait_for(
+        lambda: _checkpointed_offset(state) == delivered, what="the delivered lines' checkpoint"
+    )
+    absent_receiver.stop()
+    first.wait_for_log(r"export to .* failed", stream="stderr")
+    mark = first.mark()
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1001, 2000))
+    # The console exporter shows the lines applied while OTLP cannot deliver them.
+    first.wait_for_log(r"^  test\.records(\{[^}]*\})? 3000\b", start=mark, stream="output")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=GRACE_S) == 0
+
+    absent_receiver.start()
+    env = bridge_env(
+        absent_receiver, log, MAPPING_PATH=str(tmp_path / "jsonl.yaml"), STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=2",
+    )  # fmt: skip
+    second = spawn_bridge(bridge_command("run"), env=env, name="bridge (restarted)")
+    _records_total_is(absent_receiver, 2000, **{"bridge.run": "2"})
+    _stays(absent_receiver, 2000, **{"bridge.run": "2"})
+    assert_no_traceback(second)

@@ -35,6 +35,7 @@ from translator.settings import Settings
 from translator.sources import (
     CsvSource,
     DocumentSource,
+    JsonlPosition,
     JsonlSource,
     PathPattern,
     Snapshot,
@@ -103,6 +104,12 @@ class Bridge:
         self._pipeline: Pipeline | None = None
         self._registry: InstrumentRegistry | None = None
         self._throttle = Throttled(_log)
+        # JSON Lines checkpoints record what was delivered: the position each source was
+        # read to when an export began is committed once that export succeeded.
+        self._read_positions: dict[JsonlSource, JsonlPosition] = {}
+        self._committed: dict[JsonlSource, JsonlPosition] = {}
+        self._positions_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         self.loop_heartbeat = time.monotonic()
         self._state_file: SeriesStateFile | None = None
         self._saved: dict[str, Any] | None = None
@@ -247,10 +254,13 @@ class Bridge:
                         except Exception:  # as above: log, count, keep the sidecar running
                             self._internal_error(path)
                         tracked.newest_at, tracked.stale = now, False
+                    if isinstance(tracked.source, JsonlSource):
+                        self._read_to(tracked.source)  # before the export it asks for
+                    if snapshot.records:
                         self._export_wanted.set()
                     self._bad_records(path, snapshot)
-                    if isinstance(tracked.source, _TAILED):
-                        self._commit(tracked.source)
+                    if isinstance(tracked.source, CsvSource):
+                        self._commit_read(tracked.source)
                 self._expire(job, path, tracked, now)
         return _Poll(more=more, retry_soon=retry_soon, unread=tuple(unread))
 
@@ -284,13 +294,46 @@ class Bridge:
             return CsvSource(path, plan.source, self.settings.state_dir)
         return DocumentSource(path, plan.source)
 
-    def _commit(self, source: JsonlSource | CsvSource) -> None:
+    def _commit_read(self, source: CsvSource) -> None:
+        """CSV checkpoints record what was applied (read), as CsvSource documents."""
         try:
             source.commit()
         except SourceError as exc:
             self._throttle.log(logging.WARNING, ("checkpoint", source.path), "%s", str(exc))
 
+    def _read_to(self, source: JsonlSource) -> None:
+        """``source``'s records so far are applied: the next export carries them."""
+        position = source.position()
+        if position is not None:
+            with self._positions_lock:
+                self._read_positions[source] = position
+
+    def _export(self, pipeline: Pipeline, timeout_s: float) -> bool:
+        """Export now; on success, checkpoint what that export carried."""
+        with self._positions_lock:
+            carried = dict(self._read_positions)
+        delivered = pipeline.export(timeout_s=timeout_s)
+        if delivered:
+            with self._commit_lock:  # the export thread and the last export may overlap
+                for source, position in carried.items():
+                    if self._committed.get(source) != position:
+                        self._commit(source, position)
+        return delivered
+
+    def _commit(self, source: JsonlSource, position: JsonlPosition) -> None:
+        try:
+            source.commit(position)
+        except SourceError as exc:
+            self._throttle.log(logging.WARNING, ("checkpoint", source.path), "%s", str(exc))
+        else:
+            self._committed[source] = position
+
     def _bad_records(self, path: str, snapshot: Snapshot) -> None:
+        for notice in snapshot.notices:
+            self._throttle.log(
+                logging.WARNING, ("notice", path, notice), "%s: %s", path, notice,
+                extra={"source": path},
+            )  # fmt: skip
         for error in snapshot.errors:
             self.stats.read_errors[(path, "invalid")] += 1
             self._throttle.log(
@@ -593,7 +636,7 @@ class Bridge:
             if self._stop.is_set():
                 break
             if self._pipeline is not None:
-                self._pipeline.export(timeout_s=self.settings.export.timeout_s)
+                self._export(self._pipeline, self.settings.export.timeout_s)
             # While a backlog is read, batch what arrives meanwhile into the next export.
             self._stop.wait(MIN_EXPORT_SPACING_S)
 
@@ -610,7 +653,7 @@ class Bridge:
         outcome: list[bool] = []
 
         def last_export() -> None:
-            outcome.append(pipeline.export(timeout_s=max(deadline - time.monotonic(), 0.1)))
+            outcome.append(self._export(pipeline, max(deadline - time.monotonic(), 0.1)))
             pipeline.shutdown(timeout_s=max(deadline - time.monotonic(), 0.1))
 
         # The SDK exporters do not honour a per-call timeout (they use their own, 10 s by

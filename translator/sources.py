@@ -78,6 +78,8 @@ class Snapshot:
     events: bool = True
     """False when the new records' events were counted already: a document rewritten
     under the same version key (new content, same version) changes state only."""
+    notices: tuple[str, ...] = ()
+    """What a person should know about the file that is not an error (it was truncated)."""
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -289,12 +291,59 @@ def _canonical(value: Any) -> bytes:
 
 #: How much of a JSON Lines backlog one poll reads; the rest comes on the next poll.
 JSONL_CHUNK_BYTES = 1024 * 1024
-#: How many first bytes of a JSON Lines file identify its content (see JsonlSource._head).
+#: How many first bytes of a JSON Lines file identify its content (see JsonlPosition).
 _HEAD_BYTES = 128
+#: How much of the last line before the read position identifies it (see JsonlPosition).
+_LINE_PRINT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlPosition:
+    """How far a JSON Lines file was read, and what identifies the file at that point.
+
+    ``offset`` is 0 or just past a newline: reading never resumes mid-line. The file there
+    is the one that was read when its inode is ``inode``, its first bytes are ``head``, and
+    the last line before ``offset`` (its last 64 KiB at most, newline included) hashes to
+    ``line_digest``. A truncation grown back past the offset (copytruncate, then appends)
+    or a rewrite keeping the first lines changes that line, even when the first 128 bytes
+    stay the same. An empty ``line_digest`` (a checkpoint of an older version) checks only
+    that ``offset`` follows a newline.
+    """
+
+    inode: int
+    offset: int
+    head: bytes
+    line_start: int
+    line_digest: bytes
+
+    def intact_in(self, fd: int) -> bool:
+        """Whether the open file ``fd`` still holds what was read up to ``offset``."""
+        if self.head and os.pread(fd, len(self.head), 0) != self.head:
+            return False
+        if self.offset == 0:
+            return True
+        if not self.line_digest:
+            return os.pread(fd, 1, self.offset - 1) == b"\n"
+        start = _line_print_start(self.line_start, self.offset)
+        return _digest(os.pread(fd, self.offset - start, start)) == self.line_digest
+
+
+def _line_print_start(line_start: int, offset: int) -> int:
+    return max(line_start, offset - _LINE_PRINT_BYTES)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class JsonlSource:
-    """An append-only JSON Lines file; every complete line is applied exactly once."""
+    """An append-only JSON Lines file; every complete line is applied exactly once.
+
+    ``position()`` says how far it was read; ``commit(position)`` saves a position to the
+    checkpoint under STATE_DIR. The runtime commits the position of what was *delivered*
+    (after a successful export), so a restart reads again what it had read but not
+    delivered.
+    """
 
     def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
         self.path = path
@@ -303,25 +352,38 @@ class JsonlSource:
         self._inode: int | None = None
         self._offset = 0
         self._head = b""
-        """The file's first bytes as last read: a rewrite from the start changes them even
-        when the file grew back past our offset before we looked (copytruncate + appends)."""
+        """The file's first bytes as last read (see JsonlPosition)."""
+        self._line_start = 0
+        self._line_digest = b""
         self._opened_before = False
         self._skipping = False
+        self._notices: list[str] = []
         self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
-        self._resume: tuple[int, int, bytes] | None = self._load_checkpoint()
+        self._resume: JsonlPosition | None = self._load_checkpoint()
 
-    # The caller applies a snapshot, then calls commit(); a crash in between re-reads it.
-    def commit(self) -> None:
-        if self._checkpoint is None or self._inode is None:
+    def position(self) -> JsonlPosition | None:
+        """Where reading is now (None before the file was first opened)."""
+        if self._inode is None:
+            return None
+        return JsonlPosition(
+            self._inode, self._offset, self._head, self._line_start, self._line_digest
+        )
+
+    def commit(self, position: JsonlPosition | None = None) -> None:
+        """Save ``position`` (by default: the current one) as the checkpoint."""
+        position = position or self.position()
+        if self._checkpoint is None or position is None:
             return
         tmp = f"{self._checkpoint}.tmp"
         try:
             with open(tmp, "wb") as fh:
                 state = {
                     "path": self.path,
-                    "inode": self._inode,
-                    "offset": self._offset,
-                    "head": self._head.hex(),
+                    "inode": position.inode,
+                    "offset": position.offset,
+                    "head": position.head.hex(),
+                    "line_start": position.line_start,
+                    "line_digest": position.line_digest.hex(),
                 }
                 fh.write(orjson.dumps(state))
             os.replace(tmp, self._checkpoint)
@@ -353,39 +415,57 @@ class JsonlSource:
             self.close()
         if self._fh is None:
             self._open(st)
-        elif st.st_size < self._offset or not self._head_unchanged():
-            # Truncated in place (copytruncate): the new content starts at 0.
-            self._offset, self._head, self._skipping = 0, b"", False
+        elif st.st_size < self._offset or not self._intact(self.position()):
+            # Truncated in place (copytruncate), maybe grown back past our offset already:
+            # the new content starts at 0.
+            self._rewind()
+            self._notices.append("was truncated or rewritten in place; reading it from the start")
         return self._read_lines()
 
-    def _head_unchanged(self) -> bool:
-        return not self._head or os.pread(self._fh.fileno(), len(self._head), 0) == self._head
+    def _intact(self, position: JsonlPosition | None) -> bool:
+        return position is None or position.intact_in(self._fh.fileno())
+
+    def _rewind(self) -> None:
+        self._offset, self._head, self._skipping = 0, b"", False
+        self._line_start, self._line_digest = 0, b""
 
     def _open(self, st: os.stat_result) -> None:
         self._fh = _open_regular(self.path)  # kept open across polls on purpose
         self._inode = os.fstat(self._fh.fileno()).st_ino
-        self._offset, self._head, self._skipping = 0, b"", False
+        self._rewind()
         if self._resume is not None:
-            inode, offset, head = self._resume
-            self._resume = None
-            self._head = head
-            if inode == self._inode and offset <= st.st_size and self._head_unchanged():
-                self._offset = offset
+            saved, self._resume = self._resume, None
+            if saved.inode == self._inode and saved.offset <= st.st_size and self._intact(saved):
+                self._offset, self._head = saved.offset, saved.head
+                self._line_start, self._line_digest = saved.line_start, saved.line_digest
             else:
-                # Rotated or rewritten while we were down: read the new content whole.
-                self._head = b""
+                self._notices.append(
+                    "was rotated or rewritten while the sidecar was stopped (it no longer "
+                    "holds what the checkpoint says was read); reading it from the start"
+                )
         elif not self._opened_before and self.spec.start_at_end:
-            self._offset = self._end_of_last_line(st.st_size)
+            self._skip_to_end_of_last_line(st.st_size)
         self._opened_before = True
 
-    def _end_of_last_line(self, size: int) -> int:
+    def _skip_to_end_of_last_line(self, size: int) -> None:
         if size == 0:
-            return 0
+            return
         window = min(size, JSONL_CHUNK_BYTES)
         self._fh.seek(size - window)
         tail = self._fh.read(window)
         cut = tail.rfind(b"\n")
-        return size - window + cut + 1 if cut >= 0 else 0
+        if cut < 0:
+            return
+        line_start = tail.rfind(b"\n", 0, cut) + 1
+        self._advance(size - window + cut + 1, size - window + line_start, tail, size - window)
+        self._head = os.pread(self._fh.fileno(), min(_HEAD_BYTES, self._offset), 0)
+
+    def _advance(self, offset: int, line_start: int, data: bytes, data_start: int) -> None:
+        """Move to ``offset`` (just past the newline of the line at ``line_start``), whose
+        bytes ``data`` holds from file offset ``data_start``."""
+        start = _line_print_start(line_start, offset)
+        self._line_digest = _digest(data[start - data_start : offset - data_start])
+        self._offset, self._line_start = offset, line_start
 
     def _read_lines(self) -> Snapshot | None:
         fh = self._fh
@@ -399,23 +479,24 @@ class JsonlSource:
                 self._offset += len(data)
                 return self._snapshot([], errors, more=len(data) == JSONL_CHUNK_BYTES)
             self._skipping = False
-            self._offset += newline + 1
+            self._advance(self._offset + newline + 1, self._offset, data, self._offset)
             data = data[newline + 1 :]
         if not data:
-            return None
+            return self._snapshot([], errors, more=False) if self._notices else None
         cut = data.rfind(b"\n")
         if cut < 0 and len(data) == JSONL_CHUNK_BYTES and cap > JSONL_CHUNK_BYTES:
             data += fh.read(cap + 1 - len(data))  # one long line: look for its end
             cut = data.rfind(b"\n")
         if cut < 0:
             if len(data) <= cap:
-                return None  # a partial last line: wait for its newline
+                # A partial last line: wait for its newline.
+                return self._snapshot([], errors, more=False) if self._notices else None
             errors.append(f"line at byte {self._offset} is longer than {cap} bytes; skipped")
             self._offset += len(data)
             self._skipping = True
             return self._snapshot([], errors, more=True)
         start = self._offset
-        self._offset += cut + 1
+        self._advance(start + cut + 1, start + data.rfind(b"\n", 0, cut) + 1, data, start)
         if len(self._head) < _HEAD_BYTES and self._offset > len(self._head):
             self._head = os.pread(fh.fileno(), min(_HEAD_BYTES, self._offset), 0)
         records = []
@@ -437,21 +518,28 @@ class JsonlSource:
         return self._snapshot(records, errors, more=len(data) >= JSONL_CHUNK_BYTES)
 
     def _snapshot(self, records: list[Any], errors: list[str], *, more: bool) -> Snapshot:
+        notices, self._notices = tuple(self._notices), []
         return Snapshot(
             self.path, records, None, replaces=False, read_at=time.time(),
-            errors=tuple(errors), more=more,
+            errors=tuple(errors), more=more, notices=notices,
         )  # fmt: skip
 
-    def _load_checkpoint(self) -> tuple[int, int, bytes] | None:
+    def _load_checkpoint(self) -> JsonlPosition | None:
         if self._checkpoint is None:
             return None
         try:
             with open(self._checkpoint, "rb") as fh:
                 saved = orjson.loads(fh.read())
-            return int(saved["inode"]), int(saved["offset"]), bytes.fromhex(saved.get("head", ""))
+            return JsonlPosition(
+                int(saved["inode"]),
+                int(saved["offset"]),
+                bytes.fromhex(saved.get("head", "")),
+                int(saved.get("line_start", 0)),
+                bytes.fromhex(saved.get("line_digest", "")),
+            )
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # a damaged checkpoint: start as configured
 
 
@@ -816,6 +904,7 @@ class PathPattern:
 __all__ = [
     "CsvSource",
     "DocumentSource",
+    "JsonlPosition",
     "JsonlSource",
     "PathPattern",
     "Snapshot",
