@@ -1126,3 +1126,37 @@ def test_jsonl_lines_read_while_the_collector_was_down_are_delivered_after_a_res
     _records_total_is(absent_receiver, 2000, **{"bridge.run": "2"})
     _stays(absent_receiver, 2000, **{"bridge.run": "2"})
     assert_no_traceback(second)
+
+
+_FLAPPING_WRITER = r"""
+import json, os, sys, time
+path, duration_s = sys.argv[1], float(sys.argv[2])
+step, ends = 0, time.monotonic() + duration_s
+while time.monotonic() < ends:
+    step += 1
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:  # whole versions (renamed into place): never torn
+        fh.write(json.dumps({"value": step}) if step % 2 else '{"value": ')
+    os.replace(tmp, path)
+    time.sleep(0.005)  # about 200 versions a second, every other one broken
+with open(f"{path}.tmp", "w") as fh:
+    fh.write(json.dumps({"value": -1}))
+os.replace(f"{path}.tmp", path)
+print(f"wrote {step} versions", flush=True)
+"""
+
+
+def test_a_file_flapping_between_broken_and_whole_logs_the_pair_once_not_per_flap(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    metrics, bridge = _file_bridge(tmp_path, grpc_receiver, spawn_bridge)
+    writer = spawn_bridge(
+        [sys.executable, "-c", _FLAPPING_WRITER, str(metrics), "3"], name="flapping writer"
+    )
+    assert writer.wait(timeout_s=30) == 0
+    grpc_receiver.wait_for_point("test.value", where=number_is(-1))
+    broken = log_lines(bridge, r"current\.json: is not valid JSON")
+    again = log_lines(bridge, r"current\.json: reading again")
+    assert len(grpc_receiver.points("test.value")) > 3, "whole versions were read meanwhile"
+    assert 1 <= len(broken) <= 2 and len(again) <= 2, bridge.describe()
+    assert_no_traceback(bridge)

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 #: C0 and C1 control characters and the Unicode line and paragraph separators.
@@ -76,13 +77,30 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     root.setLevel(level)
 
 
+@dataclass(slots=True)
+class _Seen:
+    logged_at: float
+    repeats: int = 0
+    ongoing: bool = True
+    """The problem is happening (not cleared since)."""
+    announced: bool = True
+    """This occurrence was logged, so its end is worth a line too."""
+
+
 class Throttled:
-    """Logs a keyed message at most once per ``every_s``, reporting how often it repeated."""
+    """Logs a keyed message at most once per ``every_s``, reporting how often it repeated.
+
+    A problem that comes and goes (a file read torn, then whole, 200 times a second) is
+    one problem: after ``clear`` its key is remembered, a recurrence within ``every_s`` of
+    its last line is counted rather than logged, and only an occurrence that was logged
+    makes ``clear`` say so. The pair "problem" / "fine again" appears at most once per
+    ``every_s``, not once per flap.
+    """
 
     def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
         self._logger = logger
         self._every_s = every_s
-        self._seen: dict[Any, tuple[float, int]] = {}
+        self._seen: dict[Any, _Seen] = {}
 
     def log(
         self,
@@ -95,24 +113,32 @@ class Throttled:
     ) -> None:
         now = time.monotonic()
         last = self._seen.get(key)
-        if last is not None and now - last[0] < self._every_s:
-            self._seen[key] = (last[0], last[1] + 1)
+        if last is not None and now - last.logged_at < self._every_s:
+            last.repeats += 1
+            last.ongoing = True
             return
-        repeats = last[1] if last is not None else 0
+        repeats = last.repeats if last is not None else 0
         if repeats:
             message += " (%d more like this in the last %.0f s)"
-            args = (*args, repeats, now - last[0])  # type: ignore[index]
-        self._seen[key] = (now, 0)
+            args = (*args, repeats, now - last.logged_at)  # type: ignore[union-attr]
+        self._seen[key] = _Seen(now)
         self._logger.log(
             level, message, *args, extra={**(extra or {}), "repeats": repeats}, exc_info=exc_info
         )
 
     def clear(self, *prefix: Any) -> bool:
-        """Forget every key starting with ``prefix`` (the problem went away).
+        """The problems of every key starting with ``prefix`` went away.
 
-        True if any of them had been logged.
+        True if one of them had been logged since it last went away (worth saying it is
+        over). Keys last logged over ``every_s`` ago are forgotten.
         """
-        gone = [k for k in self._seen if k[: len(prefix)] == prefix]
-        for key in gone:
-            del self._seen[key]
-        return bool(gone)
+        now = time.monotonic()
+        announce = False
+        for key in [k for k in self._seen if k[: len(prefix)] == prefix]:
+            seen = self._seen[key]
+            if seen.ongoing:
+                announce |= seen.announced
+                seen.ongoing = seen.announced = False
+            if now - seen.logged_at >= self._every_s and not seen.repeats:
+                del self._seen[key]
+        return announce
