@@ -403,12 +403,9 @@ def _torn_reads(tmp_path: Path, receiver: OtlpReceiver, spawn: Spawn, duration_s
     writer = spawn(
         [sys.executable, "-c", _TEARING_WRITER, str(metrics), str(duration_s)], name="writer"
     )
-    # Half-written documents are retried, not applied: the log says so and the loop goes on.
-    bridge.wait_for_log(
-        r"current\.json: is (not valid JSON|empty).*will read it again",
-        stream="stderr",
-        timeout_s=duration_s + 10,
-    )
+    # Half-written documents are read again, not applied. A document is applied once it
+    # held still for 5 ms (sources._SECOND_READ_S), which this writer, flat out, may never
+    # do: what it wrote may all be skipped until it stops, and nothing torn goes out.
     assert writer.wait(timeout_s=duration_s + 20) == 0
     written = int(writer.wait_for_log(r"wrote (\d+) versions", stream="stdout").group(1))
 
@@ -423,8 +420,7 @@ def _torn_reads(tmp_path: Path, receiver: OtlpReceiver, spawn: Spawn, duration_s
     torn = sorted(set(exported) - allowed)
     assert not torn, f"values that were never written (torn reads): {torn[:10]}"
     assert exported == sorted(exported), "an older version was exported after a newer one"
-    distinct = len(set(exported))
-    assert distinct >= 3, f"only {distinct} versions read while {written} were written"
+    assert exported[-1] == (written + 1) / 1000
 
 
 def test_a_document_rewritten_in_place_as_fast_as_possible_is_never_read_torn(

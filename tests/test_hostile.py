@@ -587,3 +587,24 @@ def test_a_header_value_latin1_can_carry_is_accepted_over_http() -> None:
         }
     )
     assert settings.export.headers == {"x-team": "caf\u00e9", "authorization": "Bearer a;b=c"}
+
+
+@pytest.mark.parametrize(
+    "rest", ['"w": 1', '"w": NaN', '"w": 1e400', '"w": "12345678901234567890"'],
+    ids=["plain", "nan-elsewhere", "huge-float-elsewhere", "long-digits-in-a-string"],
+)
+def test_an_integer_attribute_past_int64_follows_one_rule_whatever_else_the_document_holds(
+    tmp_path: Path, rest: str
+) -> None:
+    """orjson reads 2**70+1 as a float, the standard parser (called in by a NaN) as an
+    int: the attribute was a double or a string depending on the rest of the document."""
+    doc = tmp_path / "current.json"
+    doc.write_text(f'{{"v": 1, "run": {2**70 + 1}, {rest}}}')
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.v, attributes: {run: {path: $.run}}}\n",
+        f"source: {{path: '{doc}'}}\n",
+    )
+    snapshot = DocumentSource(str(doc), plan.source).poll()
+    assert snapshot is not None
+    [(_, attributes, _)] = evaluate(plan, snapshot.root).points
+    assert dict(attributes)["run"] == "1180591620717411303425"

@@ -313,7 +313,11 @@ def _attributes(
 
 def exportable_attribute(raw: Any) -> tuple[AttributeValue | None, str]:
     """``(value, "")`` for a JSON value OTLP can carry as an attribute, else
-    ``(None, what is wrong with it)``. Used for data-point and resource attributes."""
+    ``(None, what is wrong with it)``. Used for data-point and resource attributes.
+
+    The one rule for an integer past int64 (which OTLP's int cannot hold): its exact
+    decimal text, a string. sources.parse_json always reads such an integer as an exact
+    int, so the rule holds whatever else the document holds (a NaN, another parser)."""
     kind = type(raw)
     if kind is str:
         if len(raw) > MAX_ATTRIBUTE_CHARS:
