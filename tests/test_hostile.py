@@ -268,17 +268,17 @@ def test_a_huge_string_value_is_not_a_number_and_its_logged_detail_stays_short(
     assert drop.detail.startswith('$.v = "111') and len(drop.detail) < 100
 
 
-def test_a_document_over_the_default_16_mib_cap_is_refused_unparsed(tmp_path: Path) -> None:
+def test_a_document_over_the_default_1_mib_cap_is_refused_unparsed(tmp_path: Path) -> None:
     doc = tmp_path / "huge.json"
     with open(doc, "w") as fh:
         fh.write('{"v": 1, "blob": "')
-        fh.write("x" * (17 * 1024 * 1024))
+        fh.write("x" * (1024 * 1024))
         fh.write('"}')
     with pytest.raises(SourceUnavailable) as caught:
         document_source(doc).poll()
     size = doc.stat().st_size
     assert str(caught.value) == (
-        f"{doc}: is {size} bytes, over the 16777216-byte cap (source.max_bytes)"
+        f"{doc}: is {size} bytes, over the 1048576-byte cap (source.max_bytes)"
     )
 
 
@@ -381,7 +381,7 @@ def test_a_multi_megabyte_object_repeating_one_key_parses_to_its_last_value(
     doc = tmp_path / "bomb.json"
     doc.write_bytes(b'{"v": 0' + b', "k": [1, 2]' * 500_000 + b', "v": 7}')
     assert doc.stat().st_size > 6_000_000
-    snapshot = document_source(doc).poll()
+    snapshot = document_source(doc, ", max_bytes: 8000000").poll()  # over the 1 MiB default
     assert snapshot is not None and snapshot.root == {"v": 7, "k": [1, 2]}
     [(_, _, value)] = evaluate(
         plan_for("  - {name: v, type: gauge, path: $.v}\n"), snapshot.root
