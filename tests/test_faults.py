@@ -1156,3 +1156,29 @@ def test_a_file_flapping_between_broken_and_whole_logs_the_pair_once_not_per_fla
     assert len(grpc_receiver.points("test.value")) > 3, "whole versions were read meanwhile"
     assert 1 <= len(broken) <= 2 and len(again) <= 2, bridge.describe()
     assert_no_traceback(bridge)
+
+
+def test_a_filter_over_a_million_elements_is_dropped_fast_and_sigterm_still_exits_promptly(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """jsonpath-ng took 33 s per such document and held SIGTERM up for 10 s."""
+    metrics = tmp_path / "current.json"
+    items = ",".join(f'{{"v": {i % 7}}}' for i in range(500_000))
+    metrics.write_text(f'{{"w": 1, "items": [{items}]}}')
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{metrics}', max_bytes: 16000000}}\n"
+        "metrics:\n"
+        "  - {name: test.busy, type: gauge, path: $.v, for_each: '$.items[?(@.v > 3)]'}\n"
+        "  - {name: test.value, type: gauge, path: $.w}\n"
+    )
+    env = bridge_env(grpc_receiver, metrics, MAPPING_PATH=str(mapping))
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    bridge.wait_for_log(r"test\.busy: point dropped \(too_large\)", stream="stderr", timeout_s=20)
+    grpc_receiver.wait_for_point("test.value", where=number_is(1))
+    bridge.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert time.monotonic() - started < 8, "the 5 s shutdown deadline, plus process exit"
+    assert_no_traceback(bridge)

@@ -608,3 +608,29 @@ def test_an_integer_attribute_past_int64_follows_one_rule_whatever_else_the_docu
     assert snapshot is not None
     [(_, attributes, _)] = evaluate(plan, snapshot.root).points
     assert dict(attributes)["run"] == "1180591620717411303425"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "{name: v, type: gauge, path: $.v, for_each: '$.items[?(@.v > 3)]'}",
+        "{name: v, type: gauge, path: $.loss, for_each: '$..items[*]'}",
+        "{name: v, type: counter, mode: total, count: '$.items[?(@.v > 3)]'}",
+    ],
+    ids=["filter", "descendants", "count"],
+)
+def test_a_jsonpath_with_filters_or_descendants_over_a_huge_document_is_a_counted_drop(
+    rule: str,
+) -> None:
+    """jsonpath-ng visits every element (33 s for a million): the work is bounded."""
+    from translator.mapping.paths import MAX_JSONPATH_ELEMENTS
+
+    plan = plan_for(f"  - {rule}\n  - {{name: w, type: gauge, path: $.w}}\n")
+    document = {"w": 1, "items": [{"v": i % 7, "loss": 0.5} for i in range(MAX_JSONPATH_ELEMENTS)]}
+    result = evaluate(plan, document)
+    assert [(rule.name, value) for rule, _, value in result.points] == [("w", 1)]
+    [drop] = result.drops
+    assert drop.reason is DropReason.TOO_LARGE
+    assert drop.detail.startswith(f"the data it is evaluated on holds over {MAX_JSONPATH_ELEMENTS}")
+    small = {"w": 1, "items": [{"v": 5, "loss": 0.5}]}
+    assert not evaluate(plan, small).drops, "a document under the bound is evaluated"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from translator.mapping.paths import MISSING, Captured, Path
+from translator.mapping.paths import MISSING, Captured, Path, PathTooCostly
 from translator.mapping.plan import (
     Attribute,
     AttributeValue,
@@ -49,6 +49,7 @@ class DropReason(StrEnum):
     BAD_ATTRIBUTE = "bad_attribute"
     CARDINALITY = "cardinality_limit"
     DUPLICATE = "duplicate_series"
+    TOO_LARGE = "too_large"  # for a jsonpath-ng path (mapping.paths.MAX_JSONPATH_ELEMENTS)
 
 
 Point = tuple[MetricRule, AttributeSet, Number]
@@ -89,16 +90,19 @@ def evaluate_into(
     first = len(points)
     resolved: dict[int, AttributeSet | _Refused] = {}  # per record, by attribute list
     for rule in plan.rules:
-        if rule.when is not None and not _holds(rule.when, record):
-            continue
-        cache = resolved if rule.record_level_attributes else None
-        if rule.key_patterns:
-            _evaluate_patterns(rule, record, root, points, drops, cache)
-        elif rule.for_each is None:
-            _evaluate_element(rule, record, record, root, points, drops, cache)
-        else:
-            for element in rule.for_each.all(record):
-                _evaluate_element(rule, element, record, root, points, drops, cache)
+        try:
+            if rule.when is not None and not _holds(rule.when, record):
+                continue
+            cache = resolved if rule.record_level_attributes else None
+            if rule.key_patterns:
+                _evaluate_patterns(rule, record, root, points, drops, cache)
+            elif rule.for_each is None:
+                _evaluate_element(rule, record, record, root, points, drops, cache)
+            else:
+                for element in rule.for_each.all(record):
+                    _evaluate_element(rule, element, record, root, points, drops, cache)
+        except PathTooCostly as exc:  # the one way a path evaluation fails (see paths.py)
+            drops.append(Drop(rule, DropReason.TOO_LARGE, str(exc)))
     if extra:
         for i in range(first, len(points)):
             rule, attributes, value = points[i]

@@ -9,6 +9,7 @@ time, and the exit status is 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from translator.health import HealthServer
 from translator.instruments import InstrumentConflict, InstrumentRegistry
 from translator.logs import Throttled
 from translator.mapping import load_plans, mapping_files
-from translator.mapping.paths import MISSING
+from translator.mapping.paths import MISSING, PathTooCostly
 from translator.mapping.plan import Plan, SourceFormat
 from translator.selfmetrics import Stats
 from translator.series import UNKNOWN_START, start_time_ns
@@ -418,7 +419,10 @@ class Bridge:
             return UNKNOWN_START
         if snapshot.root is None and not snapshot.records:
             return UNKNOWN_START
-        found = path.first(snapshot.root if snapshot.root is not None else snapshot.records[-1])
+        try:
+            found = path.first(snapshot.root if snapshot.root is not None else snapshot.records[-1])
+        except PathTooCostly:
+            found = MISSING
         start = start_time_ns(found) if found is not MISSING else "selects nothing"
         if isinstance(start, str):
             self._throttle.log(
@@ -605,7 +609,10 @@ class Bridge:
                 if attribute.path is None:
                     attributes[attribute.key] = attribute.constant
                 else:
-                    found = attribute.path.first(document) if document is not None else MISSING
+                    found: Any = MISSING
+                    if document is not None:
+                        with contextlib.suppress(PathTooCostly):  # as if it selected nothing
+                            found = attribute.path.first(document)
                     value, problem = exportable_attribute(found)
                     if found is MISSING or problem or value is not found:
                         value = attribute.default  # also for an integer it would turn to text

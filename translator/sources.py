@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from translator.errors import DocumentInvalid, SourceError, SourceUnavailable
-from translator.mapping.paths import MISSING, PLACEHOLDER
+from translator.mapping.paths import MISSING, PLACEHOLDER, PathTooCostly
 from translator.mapping.plan import SourceSpec
 
 #: A file whose mtime is this close to our last read may still be being written within
@@ -204,6 +204,14 @@ class DocumentSource:
             ) from None
         self._bad_digest = None
         self._fingerprint, self._checked_ns, self._digest = fingerprint, started_ns, digest
+        try:
+            return self._snapshot_of(document, digest)
+        except PathTooCostly as exc:  # the same bytes will not get smaller: no retry soon
+            raise DocumentInvalid(
+                self.path, f"cannot be read with source.version_path/records: {exc}", False
+            ) from None
+
+    def _snapshot_of(self, document: Any, digest: bytes) -> Snapshot:
         read_at = time.time()
         if self.spec.records is None:
             # State is the current content, whatever the version key says; the events of
