@@ -1075,11 +1075,11 @@ def test_jsonl_rewritten_with_the_same_head_while_the_bridge_is_down_is_read_who
 
 
 def _checkpointed_offset(state: Path) -> int | None:
+    from translator.sources import read_jsonl_checkpoint
+
     for checkpoint in state.glob("jsonl-*.json"):
-        try:
-            return int(json.loads(checkpoint.read_bytes())["offset"])
-        except (OSError, ValueError, KeyError):
-            return None  # being replaced: look again
+        _, position = read_jsonl_checkpoint(str(checkpoint))
+        return None if position is None else position.offset
     return None
 
 
@@ -1182,3 +1182,55 @@ def test_a_filter_over_a_million_elements_is_dropped_fast_and_sigterm_still_exit
     assert bridge.wait(timeout_s=GRACE_S) == 0
     assert time.monotonic() - started < 8, "the 5 s shutdown deadline, plus process exit"
     assert_no_traceback(bridge)
+
+
+def test_jsonl_checkpoints_still_advance_when_state_dir_takes_no_new_file(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A full STATE_DIR: a checkpoint written as a new file then renamed fails there, the
+    old position stays, and a restart delivered every line since it again. Here STATE_DIR
+    takes no new file (mode 555 for a process without the permission bypass), which a
+    full one does not either; writing in place into the file made at start still works."""
+    prefix = _without_file_permission_bypass()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: a mode-555 directory stays writable")
+    state = tmp_path / "state"
+    state.mkdir()
+    log = tmp_path / "metrics.jsonl"
+    log.touch()
+    mapping = tmp_path / "jsonl.yaml"
+    mapping.write_text(_JSONL_MAPPING.format(path=log))
+
+    def start(run: str) -> BridgeProcess:
+        env = bridge_env(
+            grpc_receiver, log, MAPPING_PATH=str(mapping), STATE_DIR=str(state),
+            OTEL_RESOURCE_ATTRIBUTES=f"bridge.run={run}",
+        )  # fmt: skip
+        return spawn_bridge([*prefix, *bridge_command("run")], env=env, name=f"bridge {run}")
+
+    first = start("1")
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, 500))
+    _records_total_is(grpc_receiver, 500, **{"bridge.run": "1"})
+    grpc_receiver.wait_for(
+        lambda: _checkpointed_offset(state) == len(_same_head_lines(1, 500)), what="checkpoint"
+    )
+    state.chmod(0o555)
+    try:
+        with open(log, "ab") as fh:
+            fh.write(_same_head_lines(501, 1000))
+        _records_total_is(grpc_receiver, 1500, **{"bridge.run": "1"})
+        total = len(_same_head_lines(1, 1500))
+        grpc_receiver.wait_for(lambda: _checkpointed_offset(state) == total, what="checkpoint")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout_s=GRACE_S) == 0
+        assert "cannot write checkpoint" not in first.stderr, first.describe()
+    finally:
+        state.chmod(0o755)  # the next start checks STATE_DIR is writable
+
+    second = start("2")
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1501, 10))
+    _records_total_is(grpc_receiver, 10, **{"bridge.run": "2"})  # none of the 1,500 again
+    _stays(grpc_receiver, 10, **{"bridge.run": "2"})
+    assert_no_traceback(second)

@@ -19,6 +19,7 @@ time (the caller logs and polls again).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -392,7 +393,11 @@ class JsonlSource:
         self._skipping = False
         self._notices: list[str] = []
         self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
+        self._slots_written = 0
         self._resume: JsonlPosition | None = self._load_checkpoint()
+        if self._checkpoint is not None:
+            with contextlib.suppress(OSError):  # reported by commit() if it persists
+                _allocate_slots(self._checkpoint)
 
     def position(self) -> JsonlPosition | None:
         """Where reading is now (None before the file was first opened)."""
@@ -407,19 +412,18 @@ class JsonlSource:
         position = position or self.position()
         if self._checkpoint is None or position is None:
             return
-        tmp = f"{self._checkpoint}.tmp"
+        state = {
+            "path": self.path if len(self.path) < 256 else "",  # for people; slots are 1 KiB
+            "inode": position.inode,
+            "offset": position.offset,
+            "head": position.head.hex(),
+            "line_start": position.line_start,
+            "line_digest": position.line_digest.hex(),
+        }
         try:
-            with open(tmp, "wb") as fh:
-                state = {
-                    "path": self.path,
-                    "inode": position.inode,
-                    "offset": position.offset,
-                    "head": position.head.hex(),
-                    "line_start": position.line_start,
-                    "line_digest": position.line_digest.hex(),
-                }
-                fh.write(orjson.dumps(state))
-            os.replace(tmp, self._checkpoint)
+            self._slots_written = _write_slot(
+                self._checkpoint, self._slots_written + 1, orjson.dumps(state)
+            )
         except OSError as exc:
             raise SourceUnavailable(
                 self.path, f"cannot write checkpoint {self._checkpoint}: {exc.strerror}"
@@ -560,20 +564,82 @@ class JsonlSource:
     def _load_checkpoint(self) -> JsonlPosition | None:
         if self._checkpoint is None:
             return None
+        self._slots_written, position = read_jsonl_checkpoint(self._checkpoint)
+        return position
+
+
+#: A JSON Lines checkpoint file is two fixed slots, written in turn in place: an update
+#: needs no new file and no new block, so it still succeeds in a full STATE_DIR (a failed
+#: update would leave an old position behind, and a restart would deliver again all that
+#: came after it). Each slot: magic, sequence number, checksum, JSON, padded to 1 KiB; the
+#: valid slot with the highest sequence number is the checkpoint (a write torn by a crash
+#: leaves the other one).
+_SLOT_BYTES = 1024
+_SLOT_MAGIC = b"jsonl-checkpoint "
+
+
+def _allocate_slots(checkpoint: str) -> None:
+    fd = os.open(checkpoint, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if os.fstat(fd).st_size < 2 * _SLOT_BYTES:
+            os.posix_fallocate(fd, 0, 2 * _SLOT_BYTES)  # real blocks, not a sparse hole
+    finally:
+        os.close(fd)
+
+
+def _write_slot(checkpoint: str, sequence: int, payload: bytes) -> int:
+    record = b"%s%016x %s %s" % (
+        _SLOT_MAGIC, sequence, hashlib.blake2b(payload, digest_size=8).hexdigest().encode(),
+        payload,
+    )  # fmt: skip
+    if len(record) >= _SLOT_BYTES:
+        raise OSError(0, "the checkpoint is larger than its 1 KiB slot")
+    _allocate_slots(checkpoint)
+    fd = os.open(checkpoint, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, record.ljust(_SLOT_BYTES - 1) + b"\n", sequence % 2 * _SLOT_BYTES)
+    finally:
+        os.close(fd)
+    return sequence
+
+
+def read_jsonl_checkpoint(checkpoint: str) -> tuple[int, JsonlPosition | None]:
+    """The sequence number and position a JSON Lines checkpoint file holds ((0, None) if
+    none or damaged: the source then starts as configured). Reads the single-JSON files
+    of older versions too."""
+    try:
+        with open(checkpoint, "rb") as fh:
+            data = fh.read(4 * _SLOT_BYTES)
+    except OSError:
+        return 0, None
+    best: tuple[int, Any] = (0, None)
+    for start in (0, _SLOT_BYTES):
+        slot = data[start : start + _SLOT_BYTES]
+        if not slot.startswith(_SLOT_MAGIC):
+            continue
         try:
-            with open(self._checkpoint, "rb") as fh:
-                saved = orjson.loads(fh.read())
-            return JsonlPosition(
-                int(saved["inode"]),
-                int(saved["offset"]),
-                bytes.fromhex(saved.get("head", "")),
-                int(saved.get("line_start", 0)),
-                bytes.fromhex(saved.get("line_digest", "")),
-            )
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None  # a damaged checkpoint: start as configured
+            sequence, checksum, payload = slot[len(_SLOT_MAGIC) :].split(b" ", 2)
+            payload = payload.rstrip()
+            if hashlib.blake2b(payload, digest_size=8).hexdigest().encode() != checksum:
+                continue  # torn by a crash mid-write: the other slot holds the last one
+            if int(sequence, 16) > best[0]:
+                best = (int(sequence, 16), orjson.loads(payload))
+        except ValueError:
+            continue
+    saved = best[1]
+    if saved is None and data.startswith(b"{"):
+        with contextlib.suppress(ValueError):
+            saved = orjson.loads(data)
+    try:
+        return best[0], JsonlPosition(
+            int(saved["inode"]),
+            int(saved["offset"]),
+            bytes.fromhex(saved.get("head", "")),
+            int(saved.get("line_start", 0)),
+            bytes.fromhex(saved.get("line_digest", "")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return best[0], None
 
 
 def _checkpoint_file(state_dir: str, path: str, kind: str = "jsonl") -> str:
@@ -945,4 +1011,5 @@ __all__ = [
     "SourceMissing",
     "csv_records",
     "parse_json",
+    "read_jsonl_checkpoint",
 ]
