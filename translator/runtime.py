@@ -105,12 +105,10 @@ class Bridge:
         self._pipeline: Pipeline | None = None
         self._registry: InstrumentRegistry | None = None
         self._throttle = Throttled(_log)
-        # JSON Lines checkpoints record what was delivered: the position each source was
-        # read to when an export began is committed once that export succeeded.
-        self._read_positions: dict[JsonlSource, JsonlPosition] = {}
-        self._committed: dict[JsonlSource, JsonlPosition] = {}
-        self._positions_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        # Read positions (JSON Lines, CSV) are checkpointed with the series they went
+        # into, right after those are saved (_save_state): never ahead of them (a restart
+        # would miss lines) nor behind (it would apply them twice on the restored series).
+        self._read_positions: dict[JsonlSource | CsvSource, JsonlPosition | None] = {}
         self.loop_heartbeat = time.monotonic()
         self._state_file: SeriesStateFile | None = None
         self._saved: dict[str, Any] | None = None
@@ -255,13 +253,10 @@ class Bridge:
                         except Exception:  # as above: log, count, keep the sidecar running
                             self._internal_error(path)
                         tracked.newest_at, tracked.stale = now, False
-                    if isinstance(tracked.source, JsonlSource):
-                        self._read_to(tracked.source)  # before the export it asks for
-                    if snapshot.records:
                         self._export_wanted.set()
                     self._bad_records(path, snapshot)
-                    if isinstance(tracked.source, CsvSource):
-                        self._commit_read(tracked.source)
+                    if isinstance(tracked.source, _TAILED):
+                        self._read_to(tracked.source)
                 self._expire(job, path, tracked, now)
         return _Poll(more=more, retry_soon=retry_soon, unread=tuple(unread))
 
@@ -295,39 +290,20 @@ class Bridge:
             return CsvSource(path, plan.source, self.settings.state_dir)
         return DocumentSource(path, plan.source)
 
-    def _commit_read(self, source: CsvSource) -> None:
-        """CSV checkpoints record what was applied (read), as CsvSource documents."""
-        try:
-            source.commit()
-        except SourceError as exc:
-            self._throttle.log(logging.WARNING, ("checkpoint", source.path), "%s", str(exc))
+    def _read_to(self, source: JsonlSource | CsvSource) -> None:
+        """What ``source`` gave so far is applied: checkpoint it with the next save."""
+        position = source.position() if isinstance(source, JsonlSource) else None
+        self._read_positions[source] = position
 
-    def _read_to(self, source: JsonlSource) -> None:
-        """``source``'s records so far are applied: the next export carries them."""
-        position = source.position()
-        if position is not None:
-            with self._positions_lock:
-                self._read_positions[source] = position
-
-    def _export(self, pipeline: Pipeline, timeout_s: float) -> bool:
-        """Export now; on success, checkpoint what that export carried."""
-        with self._positions_lock:
-            carried = dict(self._read_positions)
-        delivered = pipeline.export(timeout_s=timeout_s)
-        if delivered:
-            with self._commit_lock:  # the export thread and the last export may overlap
-                for source, position in carried.items():
-                    if self._committed.get(source) != position:
-                        self._commit(source, position)
-        return delivered
-
-    def _commit(self, source: JsonlSource, position: JsonlPosition) -> None:
-        try:
-            source.commit(position)
-        except SourceError as exc:
-            self._throttle.log(logging.WARNING, ("checkpoint", source.path), "%s", str(exc))
-        else:
-            self._committed[source] = position
+    def _commit_positions(self, positions: dict[JsonlSource | CsvSource, Any]) -> None:
+        for source, position in positions.items():
+            try:
+                if isinstance(source, JsonlSource):
+                    source.commit(position)
+                else:
+                    source.commit()
+            except SourceError as exc:
+                self._throttle.log(logging.WARNING, ("checkpoint", source.path), "%s", str(exc))
 
     def _bad_records(self, path: str, snapshot: Snapshot) -> None:
         for notice in snapshot.notices:
@@ -577,10 +553,17 @@ class Bridge:
             _log.info("restored %d series from %s", restored, self._state_file.path)
 
     def _save_state(self, *, now: bool = False) -> None:
-        """Save the series at most once a second (and when stopping), if anything changed."""
-        if self._state_file is None or self._registry is None or not self._state_changed:
+        """Save the series at most once a second (and when stopping), if anything changed,
+        then the read positions of the lines and rows applied to them."""
+        if self._state_file is None or self._registry is None:
+            return
+        if not (self._state_changed or self._read_positions):
             return
         if not now and time.monotonic() - self._state_saved_at < STATE_SAVE_SPACING_S:
+            return
+        positions, self._read_positions = self._read_positions, {}
+        if not self._state_changed:  # lines that changed no series (blank, not JSON)
+            self._commit_positions(positions)
             return
         marks = {
             tracked.key: found
@@ -596,9 +579,12 @@ class Bridge:
             self._throttle.log(logging.WARNING, ("state", self._state_file.path),
                                "cannot save the series to %s: %s", self._state_file.path,
                                problem)  # fmt: skip
+            # The positions wait for the series: committed alone, they would run ahead.
+            self._read_positions = positions | self._read_positions
             return
         self._state_changed = False
         self._state_saved_at = time.monotonic()
+        self._commit_positions(positions)
 
     # --- exporting ------------------------------------------------------------------------
 
@@ -643,7 +629,7 @@ class Bridge:
             if self._stop.is_set():
                 break
             if self._pipeline is not None:
-                self._export(self._pipeline, self.settings.export.timeout_s)
+                self._pipeline.export(timeout_s=self.settings.export.timeout_s)
             # While a backlog is read, batch what arrives meanwhile into the next export.
             self._stop.wait(MIN_EXPORT_SPACING_S)
 
@@ -660,7 +646,7 @@ class Bridge:
         outcome: list[bool] = []
 
         def last_export() -> None:
-            outcome.append(self._export(pipeline, max(deadline - time.monotonic(), 0.1)))
+            outcome.append(pipeline.export(timeout_s=max(deadline - time.monotonic(), 0.1)))
             pipeline.shutdown(timeout_s=max(deadline - time.monotonic(), 0.1))
 
         # The SDK exporters do not honour a per-call timeout (they use their own, 10 s by

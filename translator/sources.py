@@ -374,9 +374,9 @@ class JsonlSource:
     """An append-only JSON Lines file; every complete line is applied exactly once.
 
     ``position()`` says how far it was read; ``commit(position)`` saves a position to the
-    checkpoint under STATE_DIR. The runtime commits the position of what was *delivered*
-    (after a successful export), so a restart reads again what it had read but not
-    delivered.
+    checkpoint under STATE_DIR. The runtime commits the position of the lines applied to
+    the series it has just saved (never ahead of them), so a restart reads on from the
+    first line the restored series do not hold.
     """
 
     def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
