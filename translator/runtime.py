@@ -292,6 +292,8 @@ class Bridge:
 
     def _read_to(self, source: JsonlSource | CsvSource) -> None:
         """What ``source`` gave so far is applied: checkpoint it with the next save."""
+        if self._state_file is None:
+            return  # no STATE_DIR: nothing is checkpointed
         position = source.position() if isinstance(source, JsonlSource) else None
         self._read_positions[source] = position
 
