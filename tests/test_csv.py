@@ -322,3 +322,24 @@ def test_an_appended_bad_row_is_reported_with_its_line_in_the_file(tmp_path: Pat
     assert snapshot.errors == (
         "line 4 has 3 cells for 2 header names; the extra cells are ignored",
     )
+
+
+def test_padded_header_names_and_cells_are_read_without_their_spaces(tmp_path: Path) -> None:
+    # Ultralytics' results.csv right-aligns every name and value in a 25-character column;
+    # a name is what it says without the padding, and a padded number is still a number.
+    path = tmp_path / "results.csv"
+    path.write_text(
+        "                  epoch,       metrics/mAP50(B),   note\n"
+        "                      1,                 0.4501,   warm up \n"
+        "                      2,                       ,      \n"
+    )
+    source = source_for(path)
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [
+        {"epoch": 1, "metrics/mAP50(B)": 0.4501, "note": "warm up"},
+        {"epoch": 2},
+    ]
+    with path.open("a") as fh:  # an appended row (parsed past the last read) alike
+        fh.write("                      3,                 0.5123,   \n")
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [{"epoch": 3, "metrics/mAP50(B)": 0.5123}]

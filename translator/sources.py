@@ -663,9 +663,10 @@ def csv_records(
 
     Each data row is a record keyed by the header's names; numbers become numbers (the
     NaN and inf that Python's csv writers print included), empty cells are absent and
-    other text stays text. With ``header``, ``data`` is only data rows (the rest of a file
-    whose start was read before) and starts at line ``first_line``. Raises ValueError when
-    the bytes are not UTF-8 or not CSV.
+    other text stays text. Spaces around a name or a cell are not part of it (Ultralytics
+    pads every column of its ``results.csv`` to 25 characters). With ``header``, ``data``
+    is only data rows (the rest of a file whose start was read before) and starts at line
+    ``first_line``. Raises ValueError when the bytes are not UTF-8 or not CSV.
     """
     try:
         text = data.decode("utf-8-sig" if header is None else "utf-8")  # a BOM (Excel)
@@ -676,9 +677,10 @@ def csv_records(
     try:
         rows = csv.reader(io.StringIO(text, newline=""))
         if header is None:
-            header = next(rows, None)
-            if header is None:
+            first = next(rows, None)
+            if first is None:
                 return [], []
+            header = _header_names(first)
         for row in rows:
             if not any(row):
                 continue  # a blank line
@@ -687,7 +689,8 @@ def csv_records(
                     f"line {first_line - 1 + rows.line_num} has {len(row)} cells for "
                     f"{len(header)} header names; the extra cells are ignored"
                 )
-            records.append({k: _cell(v) for k, v in zip(header, row, strict=False) if v != ""})
+            cells = zip(header, (v.strip() for v in row), strict=False)
+            records.append({k: _cell(v) for k, v in cells if v != ""})
     except csv.Error as exc:
         raise ValueError(f"not CSV: {exc}") from None
     return records, errors
@@ -703,6 +706,10 @@ class _CsvPrefix:
     header: list[str]
     rows: int
     lines: int
+
+
+def _header_names(row: list[str]) -> list[str]:
+    return [name.strip() for name in row]
 
 
 def _cell(text: str) -> Any:
@@ -858,7 +865,7 @@ class CsvSource:
             digests = [_row_digest(r) for r in records]
             lines = complete.count(b"\n")
             first = complete[: complete.find(b"\n") + 1].decode("utf-8-sig", "replace")
-            header = next(csv.reader([first.rstrip("\r\n")]), [])
+            header = _header_names(next(csv.reader([first.rstrip("\r\n")]), []))
             if not header or '"' in first:  # no header yet, or a quoted one (it may span
                 lines = -1  # lines): no shortcut from this read
         self._errors = tuple(errors)
