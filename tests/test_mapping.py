@@ -324,6 +324,13 @@ BAD_MAPPINGS = [
         ],
     ),
     (
+        "unquoted placeholder inside a flow mapping",
+        H + "  - {name: a, type: gauge, path: $.losses.{split}}\n",
+        [
+            "m.yaml:3: (document): not valid YAML: expected ',' or '}', but got '{' (column 43): a '{' in a value inside {...}; quote a value holding {name} placeholders, e.g. path: '$.losses.{split}'",
+        ],
+    ),
+    (
         "unit at the top level belongs on a metric",
         H + "  - {name: a, type: gauge, path: $.a}\nunit: ms\n",
         [

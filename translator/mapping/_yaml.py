@@ -47,6 +47,12 @@ _YAML_HINTS = (
         "a ':' where a value was expected; is this key indented further than the keys above "
         "it, or does a value contain ': ' (then quote it)?",
     ),
+    (
+        # A {name} placeholder in a plain value inside a {...} flow mapping opens another.
+        "expected ',' or '}', but got '{'",
+        "a '{' in a value inside {...}; quote a value holding {name} placeholders, "
+        "e.g. path: '$.losses.{split}'",
+    ),
 )
 
 
