@@ -15,13 +15,13 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
 from translator import __version__
-from translator.engine import Evaluation, evaluate_into
 from translator.errors import ConfigError, MappingError, Problem, SourceError
 from translator.logs import configure as configure_logging
 from translator.mapping import Plan, load_plan, load_plans, mapping_files
@@ -290,34 +290,66 @@ def _source_name(pattern: Any, path: str) -> str | None:
 def _preview_rows(
     plan: Plan, records: list[Any], root_of: Any, extra: tuple[tuple[str, str], ...]
 ) -> list[dict[str, Any]]:
+    """The data points an exporter would get after ``run`` read ``records``, then the drops.
+
+    The same path as ``run``: one snapshot of the records, evaluated and applied to a
+    registry, whose points are what goes out (a gauge: the newest record's value; a
+    counter total: the file's; an increment: the sum; a histogram: its buckets).
+    """
+    from translator.instruments import InstrumentRegistry
+    from translator.runtime import apply_snapshot, job_start_ns
+    from translator.sources import Snapshot
+
+    appended = plan.source.format in (SourceFormat.JSONL, SourceFormat.CSV)
+    root = None if appended or not records else root_of(records[0])
+    snapshot = Snapshot(plan.mapping_file, records, root, not appended, time.time())
+    registry = InstrumentRegistry()
+    registry.install([plan])
+    start = job_start_ns(plan, snapshot)
+    drops = apply_snapshot(
+        registry, plan, snapshot, plan.mapping_file, extra,
+        start_ns=start if isinstance(start, int) else 0,
+    )  # fmt: skip
+    kinds = {spec.name: spec.kind.value for spec in plan.instruments}
     rows: list[dict[str, Any]] = []
-    for number, record in enumerate(records):
-        evaluation = Evaluation()
-        evaluate_into(plan, record, root_of(record), evaluation, extra)
-        for rule, attributes, value in evaluation.points:
-            rows.append(_row(number, rule, value, dict(attributes)))
-        for drop in evaluation.drops:
-            row = _row(number, drop.rule, None, {})
-            row["dropped"] = {
-                "reason": drop.reason.value,
-                "detail": drop.detail,
-                "rule": f"metrics[{drop.rule.index}]",
-            }
+    for metric in registry.metrics():
+        for point in metric.data.data_points:
+            row = _row(None, metric.name, kinds[metric.name], metric.unit or "", _value(point))
+            row["attributes"] = dict(point.attributes or {})
             rows.append(row)
+    for number, drop in drops:
+        rule = drop.rule
+        row = _row(number, rule.name, rule.kind.value, rule.unit, None)
+        row["dropped"] = {
+            "reason": drop.reason.value,
+            "detail": drop.detail,
+            "rule": f"metrics[{rule.index}]",
+        }
+        rows.append(row)
     return rows
 
 
-def _row(record: int, rule: Any, value: Any, attributes: dict[str, Any]) -> dict[str, Any]:
+def _row(record: int | None, name: str, kind: str, unit: str, value: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {} if record is None else {"record": record}
+    row.update(name=name, type=kind, unit=unit, value=value, attributes={})
+    return row
+
+
+def _value(point: Any) -> Any:
+    """A data point's value as strict JSON (NaN and Infinity as text)."""
+    if hasattr(point, "bucket_counts"):  # a HistogramDataPoint
+        return {
+            "count": point.count, "sum": _strict(point.sum), "min": _strict(point.min),
+            "max": _strict(point.max), "bucket_counts": list(point.bucket_counts),
+            "explicit_bounds": list(point.explicit_bounds),
+        }  # fmt: skip
+    return _strict(point.value)
+
+
+def _strict(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
-        value = str(value).replace("inf", "Infinity").replace("nan", "NaN")  # strict JSON
-    return {
-        "record": record,
-        "name": rule.name,
-        "type": rule.kind.value,
-        "unit": rule.unit,
-        "value": value,
-        "attributes": attributes,
-    }
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    return value
 
 
 def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
@@ -351,33 +383,31 @@ def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
 
 def _print_table(rows: list[dict[str, Any]], plan: Plan, out: TextIO) -> None:
     points = [r for r in rows if "dropped" not in r]
-    series: dict[str, set[Any]] = {}
-    for r in points:
-        series.setdefault(r["name"], set()).add(tuple(sorted(r["attributes"].items())))
     dropped = [r for r in rows if "dropped" in r]
     width = max([len(r["name"]) for r in rows] + [6])
     # The unit has a column of its own: beside the value, "0.876 1" read as two numbers.
     unit_width = max([len(r["unit"] or "") for r in points] + [4])
     out.write(
-        f"{'REC':>4}  {'METRIC':<{width}}  {'TYPE':<13} {'VALUE':>12}  "
-        f"{'UNIT':<{unit_width}}  ATTRIBUTES\n"
+        f"{'METRIC':<{width}}  {'TYPE':<13} {'VALUE':>12}  {'UNIT':<{unit_width}}  ATTRIBUTES\n"
     )
     for r in points:
         attrs = " ".join(f"{k}={v}" for k, v in r["attributes"].items())
-        value = f"{r['value']:g}" if isinstance(r["value"], float) else str(r["value"])
+        value = r["value"]
+        if isinstance(value, dict):  # a histogram
+            text = f"count={value['count']} sum={value['sum']:g}"
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
         out.write(
-            f"{r['record']:>4}  {r['name']:<{width}}  {r['type']:<13} {value:>12}  "
+            f"{r['name']:<{width}}  {r['type']:<13} {text:>12}  "
             f"{r['unit'] or '':<{unit_width}}  {attrs}\n"
         )
     if dropped:
         out.write(f"\ndropped ({len(dropped)}):\n")
         for r in dropped:
             d = r["dropped"]
-            out.write(
-                f"{r['record']:>4}  {r['name']:<{width}}  "
-                f"{d['rule']}: {d['reason']}: {d['detail']}\n"
-            )
-    counts = Counter({name: len(s) for name, s in series.items()})
+            record = "" if r["record"] is None else f"record {r['record']}: "
+            out.write(f"  {record}{r['name']}  {d['rule']}: {d['reason']}: {d['detail']}\n")
+    counts = Counter(r["name"] for r in points)
     out.write("\nseries per metric (distinct attribute sets):\n")
     for instrument in plan.instruments:
         n = counts.get(instrument.name, 0)

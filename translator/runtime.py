@@ -17,11 +17,12 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from translator.engine import Evaluation, evaluate_into, exportable_attribute
+from translator.engine import Drop, Evaluation, evaluate_into, exportable_attribute
 from translator.errors import ConfigError, DocumentInvalid, SettingsError, SourceError
 from translator.export import Pipeline, build_resource, exporter_complaint
 from translator.health import HealthServer
@@ -342,29 +343,14 @@ class Bridge:
     def _apply(self, job: _Job, tracked: _Tracked, snapshot: Snapshot) -> None:
         assert self._registry is not None
         path = snapshot.path
-        evaluation = Evaluation()
-        extra = tracked.attributes
         records, seen = snapshot.records, snapshot.first_new
-        # Records read before (a history array again) give state; their points and drops
-        # were counted when they were new.
-        first_point = first_drop = 0
-        for number, record in enumerate(records):
-            if number == seen:
-                first_point, first_drop = len(evaluation.points), len(evaluation.drops)
-            root = record if snapshot.root is None else snapshot.root
-            evaluate_into(job.plan, record, root, evaluation, extra)
-        if seen >= len(records):
-            first_point, first_drop = len(evaluation.points), len(evaluation.drops)
-        drops = evaluation.drops[first_drop:] + self._registry.apply(
-            tracked.key,
-            evaluation.points,
-            replaces=snapshot.replaces,
-            first_new=first_point,
-            events=snapshot.events,
-            one_record=len(records) == 1,
-            start_ns=self._start_time(job.plan, snapshot),
-            counts=self.stats.points_emitted,
-        )
+        drops = [
+            drop
+            for _, drop in apply_snapshot(
+                self._registry, job.plan, snapshot, tracked.key, tracked.attributes,
+                start_ns=self._start_time(job.plan, snapshot), counts=self.stats.points_emitted,
+            )
+        ]  # fmt: skip
         self._state_changed = True
         if snapshot.replaces:
             tracked.last = snapshot
@@ -392,21 +378,13 @@ class Bridge:
     def _start_time(self, plan: Plan, snapshot: Snapshot) -> int:
         """The job's start time the mapping names (``source.start_time_path``), in ns; 0
         when it names none or the file's is unusable (the unknown-start rule applies)."""
-        path = plan.source.start_time_path
-        if path is None:
-            return UNKNOWN_START
-        if snapshot.root is None and not snapshot.records:
-            return UNKNOWN_START
-        try:
-            found = path.first(snapshot.root if snapshot.root is not None else snapshot.records[-1])
-        except PathTooCostly:
-            found = MISSING
-        start = start_time_ns(found) if found is not MISSING else "selects nothing"
+        start = job_start_ns(plan, snapshot)
         if isinstance(start, str):
+            where = plan.source.start_time_path.text if plan.source.start_time_path else ""
             self._throttle.log(
                 logging.WARNING, ("start_time", snapshot.path),
                 "%s: source.start_time_path %s: %s; counters start when first exported",
-                snapshot.path, path.text, start, extra={"source": snapshot.path},
+                snapshot.path, where, start, extra={"source": snapshot.path},
             )  # fmt: skip
             return UNKNOWN_START
         return start
@@ -680,6 +658,65 @@ def _once_exit(problems: Sequence[str]) -> int:
     # Two mappings may read one file: its problem is said once.
     _log.error("run --once exits 1: %s", "; ".join(dict.fromkeys(problems)))
     return 1
+
+
+def apply_snapshot(
+    registry: InstrumentRegistry,
+    plan: Plan,
+    snapshot: Snapshot,
+    key: str,
+    extra: tuple[tuple[str, str], ...] = (),
+    *,
+    start_ns: int = UNKNOWN_START,
+    counts: Counter[str] | None = None,
+) -> list[tuple[int | None, Drop]]:
+    """Evaluate one read's records and apply their points to ``registry`` under ``key``;
+    the drops, each with the number of the record it comes from (None: the registry's).
+
+    ``run`` and ``preview`` both go through here, so preview shows what run exports.
+    """
+    evaluation = Evaluation()
+    records, seen = snapshot.records, snapshot.first_new
+    # Records read before (a history array again) give state; their points and drops
+    # were counted when they were new.
+    first_point = first_drop = 0
+    drop_records: list[int] = []
+    for number, record in enumerate(records):
+        if number == seen:
+            first_point, first_drop = len(evaluation.points), len(evaluation.drops)
+        root = record if snapshot.root is None else snapshot.root
+        evaluate_into(plan, record, root, evaluation, extra)
+        drop_records += [number] * (len(evaluation.drops) - len(drop_records))
+    if seen >= len(records):
+        first_point, first_drop = len(evaluation.points), len(evaluation.drops)
+    refused = registry.apply(
+        key,
+        evaluation.points,
+        replaces=snapshot.replaces,
+        first_new=first_point,
+        events=snapshot.events,
+        one_record=len(records) == 1,
+        start_ns=start_ns,
+        counts=counts,
+    )
+    numbered: list[tuple[int | None, Drop]] = list(
+        zip(drop_records[first_drop:], evaluation.drops[first_drop:], strict=True)
+    )
+    return numbered + [(None, drop) for drop in refused]
+
+
+def job_start_ns(plan: Plan, snapshot: Snapshot) -> int | str:
+    """The job start the mapping names (``source.start_time_path``) in ``snapshot``, in ns:
+    evaluated on the document, or on the newest record of JSON Lines. UNKNOWN_START when
+    it names none; what is wrong, when the file's value is unusable."""
+    path = plan.source.start_time_path
+    if path is None or (snapshot.root is None and not snapshot.records):
+        return UNKNOWN_START
+    try:
+        found = path.first(snapshot.root if snapshot.root is not None else snapshot.records[-1])
+    except PathTooCostly:
+        found = MISSING
+    return start_time_ns(found) if found is not MISSING else "selects nothing"
 
 
 def _source_key(plan: Plan, path: str) -> str:
