@@ -161,6 +161,15 @@ class Bridge:
 
     def run(self, *, once: bool = False) -> int:
         """Poll until stopped (or once); 0 on a clean stop, 1 if ``once`` could not deliver."""
+        woken_by_signals = threading.current_thread() is threading.main_thread()
+        if woken_by_signals:
+            # The OS may deliver SIGTERM to any thread (the export thread, gRPC's): then the
+            # main thread's select() is not interrupted, and the Python handler would run
+            # only when it times out (a whole COLLECTION_INTERVAL). The wakeup fd is written
+            # by the C-level handler whatever thread it runs on, and wakes the loop.
+            previous_wakeup_fd = signal.set_wakeup_fd(
+                self._waker.wakeup_fd, warn_on_full_buffer=False
+            )
         if not any(p.needs_document_for_resource for p in self.plans):
             self._start_pipeline(None)
         exporter: threading.Thread | None = None
@@ -210,6 +219,8 @@ class Bridge:
         try:
             return self._finish(once=once, unread=unread, deadline=deadline)
         finally:
+            if woken_by_signals:
+                signal.set_wakeup_fd(previous_wakeup_fd)
             self._waker.close()
 
     @property

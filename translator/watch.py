@@ -83,6 +83,11 @@ class Waker:
                 continue
             self._watched.add(directory)
 
+    @property
+    def wakeup_fd(self) -> int:
+        """The pipe's write end (non-blocking): for :func:`signal.set_wakeup_fd`."""
+        return self._pipe_w
+
     def wake(self) -> None:
         # Full pipe: already awake. Closed (a late signal during exit): nothing to wake.
         with contextlib.suppress(OSError):
