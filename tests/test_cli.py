@@ -102,10 +102,11 @@ def test_preview_table_gives_the_unit_a_column_of_its_own() -> None:
     )
     assert status == 0
     header, *lines = out.splitlines()
-    assert re.fullmatch(r" REC  METRIC +TYPE +VALUE  UNIT +ATTRIBUTES", header)
+    # One line per exported series (preview shows what run exports), no record column.
+    assert re.fullmatch(r"METRIC +TYPE +VALUE  UNIT +ATTRIBUTES", header)
     unit_at = header.index("UNIT")
-    accuracy = next(line for line in lines if " ml.training.accuracy " in line)
-    loss = next(line for line in lines if " ml.training.loss " in line)
+    accuracy = next(line for line in lines if line.startswith("ml.training.accuracy "))
+    loss = next(line for line in lines if line.startswith("ml.training.loss "))
     # "0.876" then the unit "1" under UNIT: not "0.876 1" under VALUE.
     assert accuracy[:unit_at].rstrip().endswith(" 0.876")
     assert accuracy[unit_at:].startswith("1 ")
