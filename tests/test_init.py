@@ -12,6 +12,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +162,17 @@ def test_a_sample_init_cannot_use_is_named_with_the_reason(
         sample.write_text(content)
     status, out, err = call("init", str(sample))
     assert (status, out, err) == (1, "", f"ml-metrics-bridge init: {sample}: {problem}\n")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    # `init SAMPLE | head -1`: here the reader is gone before init writes a byte.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "translator", "init", str(CASES / "gpustat" / "input.json")],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (finished.returncode, finished.stderr) == (1, "")

@@ -34,7 +34,15 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:], sys.stdout, sys.stderr))
+    try:
+        status = run(sys.argv[1:], sys.stdout, sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `init SAMPLE | head`: the reader has gone, which is not an error worth a
+        # traceback. stdout goes to /dev/null so that Python's own flush at exit succeeds.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_FAILED
+    sys.exit(status)
 
 
 def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
