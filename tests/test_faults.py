@@ -1183,3 +1183,46 @@ def test_jsonl_lines_are_applied_once_across_a_restart_when_state_dir_cannot_tak
     _records_total_is(grpc_receiver, 1510, **{"bridge.run": "2"})
     _stays(grpc_receiver, 1510, **{"bridge.run": "2"})
     assert_no_traceback(second)
+
+
+def test_health_clients_trickling_a_request_are_hung_up_on_so_probes_get_in_again(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A byte every second never trips a read timeout: 8 such clients held every slot."""
+    import socket
+
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    port = free_port()
+    env = bridge_env(grpc_receiver, metrics, HEALTH_PORT=str(port), HEALTH_HOST="127.0.0.1")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    bridge.wait_for_log(rf"health endpoints on 127\.0\.0\.1:{port} ", stream="stderr")
+    assert _probe(port) == 200
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    for client in slow:
+        client.sendall(b"GET /healthz HTTP/1.1\r\n")
+    open_ones = list(slow)
+    deadline = time.monotonic() + 40
+    while open_ones:  # one more header byte a second from each, until the bridge hangs up
+        assert time.monotonic() < deadline, f"{len(open_ones)} trickling clients still served"
+        for client in list(open_ones):
+            try:
+                client.sendall(b"X")
+                client.setblocking(False)
+                try:
+                    closed = client.recv(1) == b""
+                except BlockingIOError:
+                    closed = False
+                finally:
+                    client.setblocking(True)
+            except OSError:
+                closed = True
+            if closed:
+                open_ones.remove(client)
+        time.sleep(1)  # the client's pace, not a wait for the bridge
+    grpc_receiver.wait_for(lambda: _probe(port) == 200, what="probes answered again")
+    for client in slow:
+        client.close()
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert_no_traceback(bridge)

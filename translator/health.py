@@ -5,15 +5,19 @@
 Each answers a small JSON body saying why. This module only reads the bridge's state.
 
 Whoever can reach the port may connect: a connection that sends nothing is closed after
-``READ_TIMEOUT_S``, at most ``MAX_CONNECTIONS`` are served at once (more are closed on
-arrival, before a thread or a read), and a client that disconnects early is not an error
-worth a traceback. So idle clients cannot take the process's threads or file descriptors.
+``READ_TIMEOUT_S``, one that trickles its request a byte at a time is closed
+``CONNECTION_DEADLINE_S`` after it arrived, at most ``MAX_CONNECTIONS`` are served at once
+(more are closed on arrival, before a thread or a read), and a client that disconnects
+early is not an error worth a traceback. So idle or slow clients cannot take the process's
+threads or file descriptors, nor keep the probes out for long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -26,6 +30,8 @@ _log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 5.0
 #: Connections served at the same time; probes come one at a time, every few seconds.
 MAX_CONNECTIONS = 8
+#: However it trickles in, a connection is closed this long after it arrived.
+CONNECTION_DEADLINE_S = 10.0
 
 
 class _BoundedServer(ThreadingHTTPServer):
@@ -47,15 +53,25 @@ class _BoundedServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The read timeout bounds each wait, not a request sent a byte every few seconds.
+        deadline = threading.Timer(CONNECTION_DEADLINE_S, _hang_up, (request,))
+        deadline.daemon = True
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], OSError):
             return  # a client that went away (reset, broken pipe, timeout): nothing to report
         _log.error("health endpoint: unexpected error (a bug: please report it)", exc_info=True)
+
+
+def _hang_up(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by the handler
+        connection.shutdown(socket.SHUT_RDWR)
 
 
 class HealthServer:
@@ -108,4 +124,4 @@ class HealthServer:
         self._server.server_close()
 
 
-__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT_S", "HealthServer"]
+__all__ = ["CONNECTION_DEADLINE_S", "MAX_CONNECTIONS", "READ_TIMEOUT_S", "HealthServer"]
