@@ -634,3 +634,28 @@ def test_a_jsonpath_with_filters_or_descendants_over_a_huge_document_is_a_counte
     assert drop.detail.startswith(f"the data it is evaluated on holds over {MAX_JSONPATH_ELEMENTS}")
     small = {"w": 1, "items": [{"v": 5, "loss": 0.5}]}
     assert not evaluate(plan, small).drops, "a document under the bound is evaluated"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_logged_exception_quoting_foreign_text_stays_one_record_of_our_own_lines(
+    fmt: str,
+) -> None:
+    """An internal error is logged with its traceback; the exception's message may hold a
+    file's content or a path, whose newline would start a forged line."""
+    from translator.logs import configure
+
+    out = io.StringIO()
+    configure("INFO", fmt, out)
+    try:
+        try:
+            raise ValueError("x\nFORGED ERROR from the message\x1b[2J")
+        except ValueError:
+            logging.getLogger("translator").error("f\nFORGED ERROR from an arg", exc_info=True)
+    finally:
+        logging.getLogger().handlers.clear()
+    text = out.getvalue()
+    assert not [line for line in text.splitlines() if line.startswith("FORGED")], text
+    assert "\x1b" not in text
+    if fmt == "json":
+        [entry] = [json.loads(line) for line in text.splitlines()]
+        assert entry["exception"].endswith("ValueError: x\\nFORGED ERROR from the message\\x1b[2J")

@@ -6,7 +6,8 @@ is logged the first time, then at most once a minute with the number of repeats.
 Log messages quote foreign text: paths, a collector's error text, what a file held. A
 control character in it (a newline, an ANSI escape) must never start a forged line or
 repaint a terminal, so every message is written with them escaped (``\n``, ``\x1b``):
-one record is always one line (a traceback, appended by the formatter, aside).
+one record is always one line (a traceback keeps its own lines, with the exception
+messages in it escaped the same way).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -42,7 +44,19 @@ class _EscapeControls(logging.Filter):
         return True
 
 
-class _JsonFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """A traceback keeps its lines (they are ours: frames and source), but the exception
+    messages in it may quote foreign text: those have their control characters escaped."""
+
+    def formatException(self, ei: Any) -> str:
+        chunks = []
+        for chunk in traceback.TracebackException(*ei[:3]).format():
+            ours = chunk.startswith(("Traceback ", "  File ", "\n")) or not chunk.strip()
+            chunks.append(chunk if ours else printable(chunk.rstrip("\n")) + "\n")
+        return "".join(chunks).rstrip("\n")
+
+
+class _JsonFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -63,7 +77,7 @@ def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        formatter = logging.Formatter(
+        formatter = _Formatter(
             "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S"
         )
         formatter.converter = time.gmtime
