@@ -1,4 +1,4 @@
-"""Logging set-up (plain text or JSON lines) and a limiter for repeating messages.
+r"""Logging set-up (plain text or JSON lines) and a limiter for repeating messages.
 
 A problem that repeats on every poll (a missing file, a mapping rule that never matches)
 is logged the first time, then at most once a minute with the number of repeats.
@@ -28,7 +28,7 @@ _CONTROLS = {
 
 
 def printable(text: str) -> str:
-    """``text`` with its control characters escaped (a newline becomes ``\n``)."""
+    r"""``text`` with its control characters escaped (a newline becomes ``\n``)."""
     return text.translate(_CONTROLS)
 
 
