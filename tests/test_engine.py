@@ -239,6 +239,37 @@ def test_under_a_key_pattern_non_numbers_are_skipped_and_nan_follows_non_finite(
     assert [dict(a)["k"] for _, a, _ in evaluate(kept, record).points] == ["a", "f", "g"]
 
 
+def test_a_matched_key_that_cannot_be_an_attribute_is_dropped_not_exported() -> None:
+    # The matched text becomes an attribute value, so it meets the rules of one: a key of
+    # 2,000 characters or with a lone surrogate (JSON's "\ud800") would fail the export.
+    long_key, surrogate = "x" * 2000, "\ud800a"
+    plan = plan_of(
+        "  - {name: m, type: gauge, path: \"$['{k}']\"}\n"
+        "  - {name: e, type: gauge, for_each: '$.per.{c}', path: $.v}\n"
+    )
+    record = {"ok": 1, long_key: 2, surrogate: 3, "per": {surrogate: {"v": 4}, "b": {"v": 5}}}
+    result = evaluate(plan, record)
+    assert [(r.name, dict(a), v) for r, a, v in result.points] == [
+        ("m", {"k": "ok"}, 1),
+        ("e", {"c": "b"}, 5),
+    ]
+    assert [(d.reason, d.detail) for d in result.drops] == [
+        (
+            DropReason.BAD_ATTRIBUTE,
+            "attribute 'k': the matched key \"" + "x" * 40 + "...\" is 2000 characters long "
+            "(limit 1024)",
+        ),
+        (
+            DropReason.BAD_ATTRIBUTE,
+            "attribute 'k': the matched key \"\\ud800a\" is not valid Unicode (a lone surrogate)",
+        ),
+        (
+            DropReason.BAD_ATTRIBUTE,
+            "attribute 'c': the matched key \"\\ud800a\" is not valid Unicode (a lone surrogate)",
+        ),
+    ]
+
+
 def test_a_key_pattern_in_for_each_names_each_element() -> None:
     plan = plan_of(
         "  - name: ap\n    type: gauge\n    for_each: '$.per_class.{class}'\n    path: $.AP\n"

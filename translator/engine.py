@@ -167,7 +167,7 @@ def _evaluate_patterns(
             before = len(points)
             _evaluate_element(rule, element, record, root, points, drops, cache)
             if outer and len(points) > before:
-                _add_captured(points, outer)
+                _add_captured(points, drops, outer)
             continue
         for raw, captured in spec.path.matches(element):
             if raw is None or type(raw) is dict or type(raw) is list:
@@ -181,11 +181,20 @@ def _evaluate_patterns(
             before = len(points)
             _emit(rule, value, element, record, root, points, drops, cache)
             if len(points) > before:
-                _add_captured(points, outer + captured)
+                _add_captured(points, drops, outer + captured)
 
 
-def _add_captured(points: list[Point], captured: Captured) -> None:
+def _add_captured(points: list[Point], drops: list[Drop], captured: Captured) -> None:
+    """Put what the key patterns matched on the last point, or drop it: a key is text from
+    the file like any attribute value (too long, a lone surrogate would fail the export)."""
     rule, attributes, value = points[-1]
+    for name, text in captured:
+        _, problem = exportable_attribute(text)
+        if problem:
+            points.pop()
+            detail = f"attribute {name!r}: the matched key {_preview(text)} {problem}"
+            drops.append(Drop(rule, DropReason.BAD_ATTRIBUTE, detail))
+            return
     points[-1] = (rule, tuple(sorted(attributes + captured)), value)
 
 
