@@ -331,6 +331,13 @@ BAD_MAPPINGS = [
         ],
     ),
     (
+        "two placeholders touching in one key",
+        H + "  - {name: a, type: gauge, path: \"$['{split}{metric}']\"}\n",
+        [
+            "m.yaml:3: metrics[0].path: the key '{split}{metric}': the placeholders {split} and {metric} touch, so where one ends is anybody's guess; put text between them (e.g. {a}-{b})",
+        ],
+    ),
+    (
         "unit at the top level belongs on a metric",
         H + "  - {name: a, type: gauge, path: $.a}\nunit: ms\n",
         [
