@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from translator.engine import DropReason, evaluate
 from translator.instruments import InstrumentConflict, InstrumentRegistry
 from translator.mapping import Plan, compile_mapping
 from translator.series import start_time_ns
+from translator.statefile import SeriesStateFile
 
 
 def compile_metrics(metrics: str, extra: str = "") -> Plan:
@@ -319,3 +321,45 @@ def test_a_job_start_time_is_an_iso_8601_string_or_seconds(raw: Any, expected: i
 @pytest.mark.parametrize("raw", ["yesterday", True, None, {"t": 1}, float("nan"), -5, 1e14])
 def test_an_unusable_job_start_time_says_what_is_wrong(raw: Any) -> None:
     assert isinstance(start_time_ns(raw), str)
+
+
+def test_saved_series_come_back_with_their_values_and_stream_starts(
+    harness_of: Any, tmp_path: Any
+) -> None:
+    plan = compile_metrics(
+        "  - {name: loss, type: gauge, path: $.loss, non_finite: keep}\n"
+        "  - {name: steps, type: counter, mode: total, path: $.s}\n"
+        "  - {name: t, type: histogram, path: $.t, buckets: [10]}\n"
+    )
+    h = harness_of(plan)
+    h.apply({"loss": float("nan"), "s": 7, "t": 3})
+    before = h.points()
+    state = SeriesStateFile(str(tmp_path), "m.yaml")
+    state.save(h.registry.saved_state(), {"m.yaml|f.json": {"event": None, "sequence": []}})
+    saved, problem = state.load()
+    assert problem == "" and saved is not None
+    again = harness_of(plan)
+    assert again.registry.restore(saved["series"], {"f.json"}) == 3
+    after = again.points()
+    assert math.isnan(after["loss"][0].value)
+    assert (after["steps"][0].value, after["steps"][0].start_time_unix_nano) == (
+        7,
+        before["steps"][0].start_time_unix_nano,
+    )
+    assert (after["t"][0].count, after["t"][0].start_time_unix_nano) == (
+        1,
+        before["t"][0].start_time_unix_nano,
+    )
+    assert harness_of(plan).registry.restore(saved["series"], {"other.json"}) == 0
+
+
+def test_a_damaged_series_file_says_what_is_wrong(tmp_path: Any) -> None:
+    state = SeriesStateFile(str(tmp_path), "m.yaml")
+    assert state.load() == (None, "")
+    with open(state.path, "w") as fh:
+        fh.write("{half")
+    saved, problem = state.load()
+    assert saved is None and problem.startswith("is not valid JSON")
+    with open(state.path, "w") as fh:
+        fh.write('{"format": 99}')
+    assert state.load() == (None, "is not a series state file of format 1")

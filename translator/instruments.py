@@ -392,9 +392,8 @@ class InstrumentRegistry:
                             series = NumberSeries.from_json(plain, item)
                     except (KeyError, TypeError, ValueError) as exc:
                         raise ValueError(f"{name}: {exc}") from None
-                    series_of = instrument.by_source.setdefault(source, {})
-                    if len(series_of) < instrument.max_series:
-                        series_of[attributes] = series
+                    if instrument.live_count() < instrument.max_series:  # the guard holds
+                        instrument.by_source.setdefault(source, {})[attributes] = series
                         restored += 1
         return restored
 
