@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -417,6 +418,21 @@ def test_packaged_copies_are_identical_to_the_repository_files() -> None:
     ]
     for repo_file, packaged in pairs:
         assert (ROOT / repo_file).read_bytes() == (ROOT / packaged).read_bytes(), packaged
+
+
+def test_every_key_of_a_source_metric_and_condition_has_a_description_for_editors() -> None:
+    """Editors (yaml-language-server) show a key's description as it is completed."""
+    undocumented = []
+
+    def visit(node: dict[str, Any], where: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            if "description" not in sub:
+                undocumented.append(f"{where}.{key}")
+            visit(sub, f"{where}.{key}")
+
+    for name in ("source", "metric", "condition"):
+        visit(schema()["$defs"][name], name)
+    assert undocumented == []
 
 
 def test_schema_is_a_valid_2020_12_schema_and_shipped_mappings_declare_it() -> None:
