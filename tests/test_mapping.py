@@ -339,6 +339,20 @@ BAD_MAPPINGS = [
         ],
     ),
     (
+        "the compiler's problems reported with the schema's",
+        H
+        + "  - {name: a, type: gage, path: $.a}\n  - {name: b, type: gauge, path: $.b, range: {min: 5, max: 1}}\n  - {name: c, type: gauge, path: '$.c[?(@.x > 0)]'}\n  - {name: d, type: gauge, count: $.d}\n  - {name: e, type: gauge, path: '$.e[', range: {min: 2, max: 1}}\nunit: ms\n",
+        [
+            "m.yaml:3: metrics[0].type: 'gage' is not one of: gauge, counter, updowncounter, histogram (did you mean 'gauge'?)",
+            "m.yaml:4: metrics[1].range: range min 5 is above max 1",
+            "m.yaml:5: metrics[2].path: '$.c[?(@.x > 0)]' uses a filter ([?(...)]), which may select many values; a value or attribute path must select one (filters and wildcards belong in for_each, count, when: {exists/absent} and source.records)",
+            "m.yaml:6: metrics[3].count: '$.d' selects at most one value, so its count is 0 or 1; to count the elements of a list write $.d[*]",
+            "m.yaml:7: metrics[4].path: '$.e[' is not a valid JSONPath: the '[' at column 4 is never closed; expected ']'",
+            "m.yaml:7: metrics[4].range: range min 2 is above max 1",
+            "m.yaml:8: unit: unknown key 'unit'; 'unit' belongs on a metric (an entry of metrics:)",
+        ],
+    ),
+    (
         "unit at the top level belongs on a metric",
         H + "  - {name: a, type: gauge, path: $.a}\nunit: ms\n",
         [

@@ -100,11 +100,18 @@ def compile_mapping(
 
         problems = list(schema_problems(loaded, file))
         if problems:
+            in_schema = list(problems)
             # The compiler needs a schema-valid file; its JSONPath checks do not, and a bad
             # path should not wait for the other mistakes to be fixed to be reported.
             reported = {(p.line, p.yaml_path) for p in problems}
             problems += [
                 p for p in _path_problems(loaded, file) if (p.line, p.yaml_path) not in reported
+            ]
+            reported = {(p.line, p.yaml_path) for p in problems}
+            problems += [
+                p
+                for p in _rule_problems(loaded, file, in_schema, environ, default_source_path)
+                if (p.line, p.yaml_path) not in reported
             ]
             raise MappingError(_in_file_order(problems))
     compiler = _Compiler(loaded, file, environ, default_source_path)
@@ -157,6 +164,34 @@ def _path_problems(loaded: LoadedYaml, file: str) -> list[Problem]:
 
     visit(loaded.data, ())
     return problems
+
+
+def _rule_problems(
+    loaded: LoadedYaml,
+    file: str,
+    schema_problems: list[Problem],
+    environ: Mapping[str, str],
+    default_path: str,
+) -> list[Problem]:
+    """What the compiler finds in each metric the schema found nothing wrong with (an
+    upside-down range, a filter in a value path...), so that a file's mistakes are all
+    reported at once rather than these only after the schema's are fixed."""
+    metrics = loaded.data.get("metrics") if isinstance(loaded.data, dict) else None
+    if not isinstance(metrics, list):
+        return []
+    compiler = _Compiler(loaded, file, environ, default_path)
+    for index, spec in enumerate(metrics):
+        where = f"metrics[{index}]"
+        if any(
+            p.yaml_path == where or p.yaml_path.startswith((f"{where}.", f"{where}["))
+            for p in schema_problems
+        ):
+            continue
+        try:
+            compiler.rule(index, spec, [])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # a shape only the schema's messages describe
+    return compiler.problems
 
 
 def _in_file_order(problems: list[Problem]) -> list[Problem]:
