@@ -239,6 +239,20 @@ def test_under_a_key_pattern_non_numbers_are_skipped_and_nan_follows_non_finite(
     assert [dict(a)["k"] for _, a, _ in evaluate(kept, record).points] == ["a", "f", "g"]
 
 
+def test_a_drop_under_a_for_each_key_pattern_names_the_element() -> None:
+    # "$.AP = -1" alone does not say which class of many was dropped.
+    plan = plan_of(
+        "  - {name: ap, type: gauge, for_each: '$.per_class.{class}', path: $.AP,"
+        " range: {min: 0}}\n"
+        "  - {name: m, type: gauge, for_each: '$.per_class.{class}', path: '$.{metric}'}\n"
+    )
+    result = evaluate(plan, {"per_class": {"roof": {"AP": 38.7}, "tree": {"AP": -1, "AR": math.nan}}})
+    assert [(d.reason, d.detail) for d in result.drops] == [
+        (DropReason.OUT_OF_RANGE, "class=tree: $.AP = -1, outside range (min 0)"),
+        (DropReason.NON_FINITE, "class=tree: $.AR = NaN"),
+    ]
+
+
 def test_a_matched_key_that_cannot_be_an_attribute_is_dropped_not_exported() -> None:
     # The matched text becomes an attribute value, so it meets the rules of one: a key of
     # 2,000 characters or with a lone surrogate (JSON's "\ud800") would fail the export.
@@ -304,7 +318,7 @@ def test_a_key_pattern_in_for_each_names_each_element() -> None:
         ("metric", {"class": "tree", "metric": "AP"}, -1),
     ]
     assert [(d.reason, d.detail) for d in result.drops] == [
-        (DropReason.OUT_OF_RANGE, "$.AP = -1, outside range (min 0)")
+        (DropReason.OUT_OF_RANGE, "class=tree: $.AP = -1, outside range (min 0)")
     ]
 
 

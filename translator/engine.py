@@ -164,8 +164,10 @@ def _evaluate_patterns(
     )
     for element, outer in elements:
         if not spec.path.names:
-            before = len(points)
+            before, dropped = len(points), len(drops)
             _evaluate_element(rule, element, record, root, points, drops, cache)
+            for i in range(dropped, len(drops) if outer else 0):  # which element it was
+                drops[i] = Drop(rule, drops[i].reason, f"{_named(outer)}: {drops[i].detail}")
             if outer and len(points) > before:
                 _add_captured(points, drops, outer)
             continue
@@ -175,8 +177,10 @@ def _evaluate_patterns(
             value = to_number(spec, raw)
             if isinstance(value, DropReason):
                 if value is not DropReason.NOT_A_NUMBER:
-                    text = _matched_key(spec.path, outer + captured)
-                    drops.append(Drop(rule, value, _why(spec, text, raw, value)))
+                    detail = _why(spec, _matched_key(spec.path, captured), raw, value)
+                    if outer:
+                        detail = f"{_named(outer)}: {detail}"
+                    drops.append(Drop(rule, value, detail))
                 continue
             before = len(points)
             _emit(rule, value, element, record, root, points, drops, cache)
@@ -196,6 +200,11 @@ def _add_captured(points: list[Point], drops: list[Drop], captured: Captured) ->
             drops.append(Drop(rule, DropReason.BAD_ATTRIBUTE, detail))
             return
     points[-1] = (rule, tuple(sorted(attributes + captured)), value)
+
+
+def _named(captured: Captured) -> str:
+    """``class=tree``: the for_each element a drop's relative path was read in."""
+    return " ".join(f"{name}={_preview(text)[1:-1]}" for name, text in captured)
 
 
 def _matched_key(path: Path, captured: Captured) -> str:
