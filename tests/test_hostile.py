@@ -659,3 +659,54 @@ def test_a_logged_exception_quoting_foreign_text_stays_one_record_of_our_own_lin
     if fmt == "json":
         [entry] = [json.loads(line) for line in text.splitlines()]
         assert entry["exception"].endswith("ValueError: x\\nFORGED ERROR from the message\\x1b[2J")
+
+
+# --- JSON lines longer than source.max_bytes ------------------------------------------------
+
+
+def _poll_jsonl(log: Path, source_options: str, polls: int) -> list[Any]:
+    """Every poll's (values, errors, notices) of a JSON Lines source over ``log``."""
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.v}\n",
+        f"source: {{path: '{log}', format: jsonl{source_options}}}\n",
+    )
+    source = JsonlSource(str(log), plan.source)
+    seen = []
+    try:
+        for _ in range(polls):
+            snapshot = source.poll()
+            if snapshot is not None:
+                seen.append(([r["v"] for r in snapshot.records], snapshot.errors, snapshot.notices))
+    finally:
+        source.close()
+    return seen
+
+
+def test_a_json_line_one_byte_over_the_default_1_mib_cap_is_skipped_and_the_next_is_read(
+    tmp_path: Path,
+) -> None:
+    # The default cap equals the chunk one poll reads: a line one byte longer has no newline
+    # in that chunk, and was taken for a half-written last line, waited on for ever.
+    log = tmp_path / "m.jsonl"
+    long_line = b'{"v": 2, "pad": "' + b"x" * (1024 * 1024 - 18) + b'"}\n'
+    assert len(long_line) == 1024 * 1024 + 2
+    log.write_bytes(b'{"v": 1}\n' + long_line + b'{"v": 3}\n')
+    seen = _poll_jsonl(log, "", polls=6)
+    assert [values for values, _, _ in seen if values] == [[1], [3]]
+    errors = [e for _, errs, _ in seen for e in errs]
+    assert errors == ["the line at byte 9 is over the 1048576-byte cap (source.max_bytes); skipped"]
+
+
+def test_a_json_line_longer_than_one_read_is_skipped_once_not_taken_for_a_truncation(
+    tmp_path: Path,
+) -> None:
+    # Skipping a line over several reads moved the read position inside that line, where
+    # the last line before it no longer matched: "truncated", read again from the start,
+    # the lines before it applied again and again, with no pause between the polls.
+    log = tmp_path / "m.jsonl"
+    log.write_bytes(b'{"v": 1}\n{"v": 2, "pad": "' + b"x" * (3 * 1024 * 1024) + b'"}\n{"v": 3}\n')
+    seen = _poll_jsonl(log, ", max_bytes: 2000000", polls=8)
+    assert [values for values, _, _ in seen if values] == [[1], [3]]
+    assert [n for _, _, notices in seen for n in notices] == []
+    errors = [e for _, errs, _ in seen for e in errs]
+    assert errors == ["the line at byte 9 is over the 2000000-byte cap (source.max_bytes); skipped"]

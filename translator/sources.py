@@ -391,6 +391,9 @@ class JsonlSource:
         self._line_digest = b""
         self._opened_before = False
         self._skipping = False
+        self._skipped_to = 0
+        """While skipping a line over the cap: how far into it reading got. The position
+        stays at that line's start, just past a newline, where the file can be checked."""
         self._notices: list[str] = []
         self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
         self._slots_written = 0
@@ -508,28 +511,34 @@ class JsonlSource:
         fh = self._fh
         cap = self.spec.max_bytes
         errors: list[str] = []
-        fh.seek(self._offset)
+        read_from = self._skipped_to if self._skipping else self._offset
+        fh.seek(read_from)
         data = fh.read(JSONL_CHUNK_BYTES)
         if self._skipping:  # inside a line longer than the cap: drop it up to its end
             newline = data.find(b"\n")
             if newline < 0:
-                self._offset += len(data)
+                self._skipped_to += len(data)
                 return self._snapshot([], errors, more=len(data) == JSONL_CHUNK_BYTES)
             self._skipping = False
-            self._advance(self._offset + newline + 1, self._offset, data, self._offset)
+            self._advance(read_from + newline + 1, read_from, data, read_from)
             data = data[newline + 1 :]
         if not data:
             return self._snapshot([], errors, more=False) if self._notices else None
         cut = data.rfind(b"\n")
-        if cut < 0 and len(data) == JSONL_CHUNK_BYTES and cap > JSONL_CHUNK_BYTES:
-            data += fh.read(cap + 1 - len(data))  # one long line: look for its end
+        if cut < 0 and len(data) == JSONL_CHUNK_BYTES and cap >= JSONL_CHUNK_BYTES:
+            # One long line: look for its end, one byte past the cap at most (a line of
+            # exactly the chunk's size, cut before its newline, is not yet over the cap).
+            data += fh.read(cap + 1 - len(data))
             cut = data.rfind(b"\n")
         if cut < 0:
             if len(data) <= cap:
                 # A partial last line: wait for its newline.
                 return self._snapshot([], errors, more=False) if self._notices else None
-            errors.append(f"line at byte {self._offset} is longer than {cap} bytes; skipped")
-            self._offset += len(data)
+            errors.append(
+                f"the line at byte {self._offset} is over the {cap}-byte cap "
+                "(source.max_bytes); skipped"
+            )
+            self._skipped_to = self._offset + len(data)
             self._skipping = True
             return self._snapshot([], errors, more=True)
         start = self._offset
