@@ -710,3 +710,31 @@ def test_a_json_line_longer_than_one_read_is_skipped_once_not_taken_for_a_trunca
     assert [n for _, _, notices in seen for n in notices] == []
     errors = [e for _, errs, _ in seen for e in errs]
     assert errors == ["the line at byte 9 is over the 2000000-byte cap (source.max_bytes); skipped"]
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [{"offset": -5}, {"offset": 9, "line_start": 12, "line_digest": "00"}, {"offset": "9x"}],
+    ids=["negative-offset", "line-after-offset", "not-a-number"],
+)
+def test_a_damaged_json_lines_checkpoint_is_ignored_not_an_internal_error(
+    tmp_path: Path, saved: dict[str, Any]
+) -> None:
+    # A checkpoint in the older single-JSON form has no checksum: a damaged or hand-edited
+    # one reached os.pread with a negative offset or length (OSError, ValueError), an
+    # "unexpected error (a bug)" traceback from the reading loop.
+    from translator.sources import _checkpoint_file
+
+    log = tmp_path / "m.jsonl"
+    log.write_bytes(b'{"v": 1}\n{"v": 2}\n')
+    checkpoint = Path(_checkpoint_file(str(tmp_path), str(log)))
+    checkpoint.write_text(json.dumps({"inode": log.stat().st_ino, **saved}))
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.v}\n", f"source: {{path: '{log}', format: jsonl}}\n"
+    )
+    source = JsonlSource(str(log), plan.source, str(tmp_path))
+    try:
+        snapshot = source.poll()
+    finally:
+        source.close()
+    assert snapshot is not None and [r["v"] for r in snapshot.records] == [1, 2]

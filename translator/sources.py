@@ -640,7 +640,7 @@ def read_jsonl_checkpoint(checkpoint: str) -> tuple[int, JsonlPosition | None]:
         with contextlib.suppress(ValueError):
             saved = orjson.loads(data)
     try:
-        return best[0], JsonlPosition(
+        position = JsonlPosition(
             int(saved["inode"]),
             int(saved["offset"]),
             bytes.fromhex(saved.get("head", "")),
@@ -649,6 +649,11 @@ def read_jsonl_checkpoint(checkpoint: str) -> tuple[int, JsonlPosition | None]:
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return best[0], None
+    # An older checkpoint has no checksum: positions no read could have left are damage
+    # (checking them would read at a negative offset).
+    if position.offset < 0 or not 0 <= position.line_start <= position.offset:
+        return best[0], None
+    return best[0], position
 
 
 def _checkpoint_file(state_dir: str, path: str, kind: str = "jsonl") -> str:
