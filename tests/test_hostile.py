@@ -8,13 +8,17 @@ stdout, stderr)``. Time is bounded only in the sense that every call returns.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import math
 import re
+import subprocess
+import sys
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
+from translator import sources
 from translator.cli import run
 from translator.engine import DropReason, evaluate
 from translator.errors import DocumentInvalid, MappingError, SourceError, SourceUnavailable
@@ -738,3 +743,88 @@ def test_a_damaged_json_lines_checkpoint_is_ignored_not_an_internal_error(
     finally:
         source.close()
     assert snapshot is not None and [r["v"] for r in snapshot.records] == [1, 2]
+
+
+# --- documents that never hold still ----------------------------------------------------------
+
+_FAST_WRITER = """
+import os, sys, time
+path, how = sys.argv[1], sys.argv[2]
+version = 0
+while True:  # until killed
+    version += 1
+    data = b'{"v": 1%07d}\\n' % version
+    if how == "rename":
+        with open(path + ".tmp", "wb") as fh:
+            fh.write(data)
+        os.replace(path + ".tmp", path)
+    else:
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, data, 0)
+        os.close(fd)
+    time.sleep(0.001)
+"""
+
+
+@contextlib.contextmanager
+def _fast_writer(path: Path, how: str) -> Iterator[None]:
+    """A real process writing a new version of ``path`` every millisecond or so."""
+    path.write_bytes(b'{"v": 10000000}\n')
+    writer = subprocess.Popen([sys.executable, "-c", _FAST_WRITER, str(path), how])
+    try:
+        yield
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+
+
+def _poll_until(source: DocumentSource, want: Callable[[Any], bool], seconds: float) -> Any:
+    """Poll ``source`` as the runtime does while it settles (every 0.1 s) until ``want``
+    holds for a poll's outcome (a Snapshot, None, or the SourceError raised)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            outcome: Any = source.poll()
+        except SourceError as exc:
+            outcome = exc
+        if want(outcome):
+            return outcome
+        time.sleep(0.1)
+    raise AssertionError(f"nothing wanted from {source.path} in {seconds} s")
+
+
+def test_a_document_replaced_by_rename_every_millisecond_is_applied(tmp_path: Path) -> None:
+    # Every version renamed into place is whole; the second read looked at the path again,
+    # found the next version there each time, and nothing was ever applied.
+    # Now each poll reads the version it opened (unless the writer stalled a whole 0.1 s
+    # on a busy machine); before, about one poll in five got one through, by luck.
+    doc = tmp_path / "state.json"
+    source = document_source(doc)
+    applied = []
+    with _fast_writer(doc, "rename"):
+        for _ in range(20):
+            snapshot = _poll_until(source, lambda o: not isinstance(o, SourceError), 10)
+            if snapshot is not None:
+                applied.append(snapshot.root["v"])
+            time.sleep(0.1)
+    assert len(applied) >= 12, applied
+    assert applied == sorted(set(applied))
+
+
+def test_a_document_rewritten_in_place_faster_than_it_can_settle_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Never applied (no read can tell a torn state from a whole one), and it was silent:
+    # the person saw no metric and no line saying why.
+    monkeypatch.setattr(sources, "_UNSETTLED_WARN_S", 1.0)  # 5 s in the product
+    doc = tmp_path / "state.json"
+    with _fast_writer(doc, "in-place"):
+        problem = _poll_until(
+            document_source(doc), lambda o: isinstance(o, DocumentInvalid), 20
+        )
+    assert problem.retry_soon
+    assert str(problem) == (
+        f"{doc}: has changed within every 5 ms for 1 s (rewritten in place that often?); "
+        "not applied until it holds still for 5 ms: have the writer write another file "
+        "and rename it over this one"
+    )

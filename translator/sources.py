@@ -52,6 +52,9 @@ _RACY_WINDOW_NS = 2_000_000_000
 #: read again soon, quietly (see DocumentSource.settling).
 _SETTLED_NS = 20_000_000
 _SECOND_READ_S = 0.005
+#: A document that has not held still that long (rewritten in place more often than every
+#: _SECOND_READ_S) is reported: it is not applied, and the person must be told why.
+_UNSETTLED_WARN_S = 5.0
 
 
 class SourceMissing(SourceUnavailable):
@@ -164,6 +167,7 @@ class DocumentSource:
         """The identities of the history records last read, in file order."""
         self.settling = False
         """The last poll found the file changing under it: poll again soon."""
+        self._unsettled_since: float | None = None
 
     def poll(self) -> Snapshot | None:
         """The new version of the document, or None when there is nothing new."""
@@ -182,7 +186,18 @@ class DocumentSource:
         data = self._read_settled(cap)
         if data is None:
             self.settling = True
+            now = time.monotonic()
+            since = self._unsettled_since = self._unsettled_since or now
+            if now - since >= _UNSETTLED_WARN_S:
+                raise DocumentInvalid(
+                    self.path,
+                    f"has changed within every {_SECOND_READ_S * 1000:.0f} ms for "
+                    f"{now - since:.0f} s (rewritten in place that often?); not applied until "
+                    f"it holds still for {_SECOND_READ_S * 1000:.0f} ms: have the writer "
+                    "write another file and rename it over this one",
+                )
             return None
+        self._unsettled_since = None
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if digest == self._digest:
             self._fingerprint, self._checked_ns = fingerprint, started_ns
@@ -261,13 +276,20 @@ class DocumentSource:
             pass
 
     def _read_settled(self, cap: int) -> bytes | None:
-        """The file's bytes once it held still (see _SETTLED_NS), or None if it did not."""
-        first, before, after = _read_capped(self.path, cap)
-        if _same_status(before, after) and time.time_ns() - after.st_ctime_ns >= _SETTLED_NS:
-            return first
-        time.sleep(_SECOND_READ_S)
-        second, _, after_second = _read_capped(self.path, cap)
-        if _same_status(before, after_second) and second == first:
+        """The file's bytes once it held still (see _SETTLED_NS), or None if it did not.
+
+        Both reads are of the file opened once: a writer renaming each version into place
+        leaves the one opened unchanged (whole), though the path names a newer one by the
+        second read (which then never matched, for a writer renaming faster than 5 ms)."""
+        with _open_regular(self.path) as fh:
+            first, before, after = _read_capped(self.path, fh, cap)
+            if _same_status(before, after) and time.time_ns() - after.st_ctime_ns >= _SETTLED_NS:
+                return first
+            time.sleep(_SECOND_READ_S)
+            second, _, after_second = _read_capped(self.path, fh, cap)
+        # ctime is left out here: replacing the opened file (its unlink) changes its ctime,
+        # not its bytes; a write in between changes mtime or size, and the bytes are compared.
+        if _same_status(before, after_second, ctime=False) and second == first:
             return second
         return None
 
@@ -940,24 +962,24 @@ def _open_regular(path: str) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def _read_capped(path: str, cap: int) -> tuple[bytes, os.stat_result, os.stat_result]:
-    """The file's bytes, with its status just before and just after reading them."""
-    with _open_regular(path) as fh:
-        try:
-            before = os.fstat(fh.fileno())
-            data: bytes = fh.read(cap + 1)
-            after = os.fstat(fh.fileno())
-        except OSError as exc:
-            raise _read_error(path, exc) from None
+def _read_capped(path: str, fh: Any, cap: int) -> tuple[bytes, os.stat_result, os.stat_result]:
+    """The bytes of the open file ``fh`` (``path``), with its status just before and just
+    after reading them."""
+    try:
+        before = os.fstat(fh.fileno())
+        data: bytes = os.pread(fh.fileno(), cap + 1, 0)
+        after = os.fstat(fh.fileno())
+    except OSError as exc:
+        raise _read_error(path, exc) from None
     if len(data) > cap:
         raise SourceUnavailable(path, f"grew past the {cap}-byte cap (source.max_bytes)")
     return data, before, after
 
 
-def _same_status(a: os.stat_result, b: os.stat_result) -> bool:
+def _same_status(a: os.stat_result, b: os.stat_result, *, ctime: bool = True) -> bool:
     """No write in between (as far as the file system's timestamps can tell)."""
-    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns if ctime else 0) == (
+        b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns if ctime else 0
     )  # fmt: skip
 
 
