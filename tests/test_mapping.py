@@ -328,7 +328,21 @@ BAD_MAPPINGS = [
         "unquoted placeholder inside a flow mapping",
         H + "  - {name: a, type: gauge, path: $.losses.{split}}\n",
         [
-            "m.yaml:3: (document): not valid YAML: expected ',' or '}', but got '{' (column 43): a '{' in a value inside {...}; quote a value holding {name} placeholders, e.g. path: '$.losses.{split}'",
+            "m.yaml:3: (document): not valid YAML: expected ',' or '}', but got '{' (column 43): a JSONPath inside {...} must be quoted, e.g. path: '$.losses.{split}'",
+        ],
+    ),
+    (
+        "unquoted index inside a flow mapping",
+        H + "  - {name: a, type: gauge, path: $.gpus[0]}\n",
+        [
+            "m.yaml:3: (document): not valid YAML: expected ',' or '}', but got '[' (column 40): a JSONPath inside {...} must be quoted, e.g. path: '$.gpus[0]'",
+        ],
+    ),
+    (
+        "unquoted wildcard inside a flow mapping",
+        H + "  - {name: a, type: gauge, count: $.loss[*]}\n",
+        [
+            "m.yaml:3: (document): not valid YAML: expected alphabetic or numeric character, but found ']' (column 43): '*' starts a YAML alias; a JSONPath inside {...} must be quoted, e.g. count: '$.loss[*]'",
         ],
     ),
     (
@@ -350,6 +364,15 @@ BAD_MAPPINGS = [
             "m.yaml:7: metrics[4].path: '$.e[' is not a valid JSONPath: the '[' at column 4 is never closed; expected ']'",
             "m.yaml:7: metrics[4].range: range min 2 is above max 1",
             "m.yaml:8: unit: unknown key 'unit'; 'unit' belongs on a metric (an entry of metrics:)",
+        ],
+    ),
+    (
+        "default or missing where they never apply",
+        H
+        + "  - {name: a, type: gauge, path: \"$['{k}']\", default: 0}\n  - {name: b, type: gauge, count: '$.b[*]', missing: skip}\n",
+        [
+            "m.yaml:3: metrics[0].default: 'default' never applies here: a key pattern gives one point per matching key, and none when none matches",
+            "m.yaml:4: metrics[1].missing: 'missing' never applies here: count always gives a number (0 when its path selects nothing)",
         ],
     ),
     (

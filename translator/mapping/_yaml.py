@@ -35,6 +35,7 @@ _NUMERIC_KEYS = frozenset(
 _NUMERIC_LISTS_AND_MAPS = frozenset({"buckets", "map"})
 
 
+_QUOTE = "a JSONPath inside {...} must be quoted, e.g. "
 #: What PyYAML's messages for the commonest slips mean, said for a person editing a mapping.
 _YAML_HINTS = (
     (
@@ -47,11 +48,13 @@ _YAML_HINTS = (
         "a ':' where a value was expected; is this key indented further than the keys above "
         "it, or does a value contain ': ' (then quote it)?",
     ),
+    # Inside a {...} flow mapping a plain value cannot hold '{', '[' or '*': a JSONPath
+    # there ($.losses.{split}, $.gpus[0], $.loss[*]) must be quoted.
+    ("expected ',' or '}', but got '{'", _QUOTE + "path: '$.losses.{split}'"),
+    ("expected ',' or '}', but got '['", _QUOTE + "path: '$.gpus[0]'"),
     (
-        # A {name} placeholder in a plain value inside a {...} flow mapping opens another.
-        "expected ',' or '}', but got '{'",
-        "a '{' in a value inside {...}; quote a value holding {name} placeholders, "
-        "e.g. path: '$.losses.{split}'",
+        "expected alphabetic or numeric character, but found ']'",
+        "'*' starts a YAML alias; " + _QUOTE + "count: '$.loss[*]'",
     ),
 )
 

@@ -377,6 +377,15 @@ class _Compiler:
             )
         low, high = self.range(spec, where)
         enum = spec.get("map")
+        if "count" in spec:
+            never = "count always gives a number (0 when its path selects nothing)"
+        elif value_path is not None and value_path.names:
+            never = "a key pattern gives one point per matching key, and none when none matches"
+        else:
+            never = ""
+        for key in ("default", "missing") if never else ():
+            if key in spec:
+                self.problem((*where, key), f"'{key}' never applies here: {never}")
         if len(self.problems) > count_before or value_path is None:
             return None
         missing_value = spec.get("missing", "drop")
