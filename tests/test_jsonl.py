@@ -116,6 +116,14 @@ def test_start_at_end_skips_existing_lines_only_on_first_open(tmp_path: Path) ->
     assert drain(source) == [3]
 
 
+def test_a_named_part_that_is_not_utf8_is_an_attribute_written_with_escapes() -> None:
+    # A directory named with the byte 0xff is '\udcff' in Python: as an attribute the
+    # OTLP encoder drops it, so two such runs would be one series with no run_id.
+    pattern = PathPattern("/runs/{run_id}/state.json")
+    assert pattern.attributes("/runs/bad\udcff/state.json") == (("run_id", "bad\\xff"),)
+    assert pattern.attributes("/runs/caf\u00e9/state.json") == (("run_id", "caf\u00e9"),)
+
+
 def test_path_pattern_names_become_attributes(tmp_path: Path) -> None:
     for run in ("r1", "r2"):
         (tmp_path / run).mkdir()

@@ -1040,7 +1040,21 @@ class PathPattern:
         match = self._regex.match(path)
         if match is None:
             return ()
-        return tuple(sorted((name, match.group(f"g{i}")) for i, name in enumerate(self.names)))
+        return tuple(
+            sorted((name, _printable(match.group(f"g{i}"))) for i, name in enumerate(self.names))
+        )
+
+
+def _printable(part: str) -> str:
+    """A file name's bytes that are not UTF-8 (Python's surrogate escapes, which no OTLP
+    string can hold) as ``\\xff``, so each such name stays an attribute of its own."""
+    if part.isascii():
+        return part
+    try:
+        raw = part.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to: never raise
+        return part.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 __all__ = [
