@@ -1226,3 +1226,42 @@ def test_health_clients_trickling_a_request_are_hung_up_on_so_probes_get_in_agai
     bridge.send_signal(signal.SIGTERM)
     assert bridge.wait(timeout_s=GRACE_S) == 0
     assert_no_traceback(bridge)
+
+
+def test_health_host_not_of_this_machine_exits_2_naming_health_host(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """An address no interface has (a pod IP copied from another pod) was blamed on
+    HEALTH_PORT; the port was fine."""
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    port = free_port()
+    env = bridge_env(grpc_receiver, metrics, HEALTH_PORT=str(port), HEALTH_HOST="192.0.2.1")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    assert bridge.wait(timeout_s=30) == 2
+    said = f"HEALTH_HOST: 192.0.2.1 is not an address of this host (listening on 192.0.2.1:{port}: "
+    assert said in bridge.stderr, bridge.stderr
+    assert_no_traceback(bridge)
+
+
+def test_health_host_can_be_an_ipv6_address(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """An IPv6-only cluster probes the pod's IPv6 address: '::' (or '::1') was refused as
+    'not an address of this host' (the server was IPv4 only)."""
+    import socket
+    import urllib.request
+
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    metrics = tmp_path / "current.json"
+    rewrite_in_place(metrics, brief_doc(1))
+    port = free_port()
+    env = bridge_env(grpc_receiver, metrics, HEALTH_PORT=str(port), HEALTH_HOST="::1")
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    bridge.wait_for_log(rf"health endpoints on \[::1\]:{port} ", stream="stderr")
+    with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=5) as answer:
+        assert answer.status == 200
+    assert_no_traceback(bridge)

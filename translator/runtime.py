@@ -10,6 +10,7 @@ time, and the exit status is 0.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -184,6 +185,12 @@ class Bridge:
                 except OSError as exc:
                     if isinstance(exc, socket.gaierror):
                         problem = f"{host!r} is not an address of this host: {exc.strerror}"
+                        raise SettingsError([("HEALTH_HOST", problem)]) from None
+                    if exc.errno == errno.EADDRNOTAVAIL:  # an address, of another machine
+                        problem = (
+                            f"{host} is not an address of this host (listening on "
+                            f"{host}:{port}: {exc.strerror}); 0.0.0.0 listens on all of them"
+                        )
                         raise SettingsError([("HEALTH_HOST", problem)]) from None
                     problem = f"cannot listen on {host}:{port}: {exc.strerror}"
                     raise SettingsError([("HEALTH_PORT", problem)]) from None
