@@ -1265,3 +1265,39 @@ def test_health_host_can_be_an_ipv6_address(
     with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=5) as answer:
         assert answer.status == 200
     assert_no_traceback(bridge)
+
+
+@pytest.mark.parametrize("damage", ["damaged", "deleted"])
+def test_jsonl_positions_are_not_resumed_when_the_series_they_went_into_are_not_restored(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn, damage: str
+) -> None:
+    """A read position says which lines the saved series hold. When those series cannot
+    be restored (the series file damaged, deleted, or of another version), the lines
+    before the position were in nothing: the restart resumed there anyway, and 1,000
+    lines counted by run 1 were counted by no series of run 2."""
+    state = tmp_path / "state"
+    state.mkdir()
+    log, first = _jsonl_bridge(
+        tmp_path, grpc_receiver, spawn_bridge, STATE_DIR=str(state),
+        OTEL_RESOURCE_ATTRIBUTES="bridge.run=1",
+    )  # fmt: skip
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, 1000))
+    _records_total_is(grpc_receiver, 1000, **{"bridge.run": "1"})
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=GRACE_S) == 0
+    [series] = state.glob("series-*.json")
+    if damage == "damaged":
+        series.write_bytes(b'{"format": 1, "series": {')
+    else:
+        series.unlink()
+
+    second = _restarted_jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge, state)
+    second.wait_for_log(
+        rf"{re.escape(str(log))}: its read position under STATE_DIR is not used: the "
+        r"series it went into were not restored; reading it as start_at says",
+        stream="stderr",
+    )
+    _records_total_is(grpc_receiver, 1000, **{"bridge.run": "2"})
+    _stays(grpc_receiver, 1000, **{"bridge.run": "2"})
+    assert_no_traceback(second)

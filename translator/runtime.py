@@ -303,10 +303,14 @@ class Bridge:
         return paths
 
     def _source_for(self, plan: Plan, path: str) -> DocumentSource | JsonlSource | CsvSource:
+        # A read position is true only of the series it went into: without those (the
+        # series file damaged, deleted, of another version), resuming would skip lines
+        # that no series holds.
+        resume = self._saved is not None
         if plan.source.format is SourceFormat.JSONL:
-            return JsonlSource(path, plan.source, self.settings.state_dir)
+            return JsonlSource(path, plan.source, self.settings.state_dir, resume=resume)
         if plan.source.format is SourceFormat.CSV:
-            return CsvSource(path, plan.source, self.settings.state_dir)
+            return CsvSource(path, plan.source, self.settings.state_dir, resume=resume)
         return DocumentSource(path, plan.source)
 
     def _read_to(self, source: JsonlSource | CsvSource) -> None:

@@ -345,6 +345,12 @@ def _canonical(value: Any) -> bytes:
         raise ValueError("the record cannot be encoded: nested too deeply?") from None
 
 
+#: Said of a JSON Lines or CSV file whose checkpoint is not resumed (``resume=False``):
+#: a read position is only true of the series it went into.
+POSITION_NOT_RESUMED = (
+    "its read position under STATE_DIR is not used: the series it went into were not "
+    "restored; reading it as start_at says"
+)
 #: How much of a JSON Lines backlog one poll reads; the rest comes on the next poll.
 JSONL_CHUNK_BYTES = 1024 * 1024
 #: How many first bytes of a JSON Lines file identify its content (see JsonlPosition).
@@ -401,7 +407,9 @@ class JsonlSource:
     first line the restored series do not hold.
     """
 
-    def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
+    def __init__(
+        self, path: str, spec: SourceSpec, state_dir: str | None = None, *, resume: bool = True
+    ) -> None:
         self.path = path
         self.spec = spec
         self._fh: Any = None
@@ -420,6 +428,9 @@ class JsonlSource:
         self._checkpoint = _checkpoint_file(state_dir, path) if state_dir else None
         self._slots_written = 0
         self._resume: JsonlPosition | None = self._load_checkpoint()
+        if self._resume is not None and not resume:
+            self._resume = None
+            self._notices.append(POSITION_NOT_RESUMED)
         if self._checkpoint is not None:
             with contextlib.suppress(OSError):  # reported by commit() if it persists
                 _allocate_slots(self._checkpoint)
@@ -776,7 +787,9 @@ class CsvSource:
     kept open, and ``STATE_DIR`` keeps the digests across restarts.
     """
 
-    def __init__(self, path: str, spec: SourceSpec, state_dir: str | None = None) -> None:
+    def __init__(
+        self, path: str, spec: SourceSpec, state_dir: str | None = None, *, resume: bool = True
+    ) -> None:
         self.path = path
         self.spec = spec
         self._fh: Any = None
@@ -790,6 +803,9 @@ class CsvSource:
         rows of the file as last read are always its first ``_prefix.rows``."""
         self._prefix: _CsvPrefix | None = None
         self._errors: tuple[str, ...] = ()
+        self._notices: tuple[str, ...] = ()
+        if self._applied is not None and not resume:
+            self._applied, self._notices = None, (POSITION_NOT_RESUMED,)
 
     def commit(self) -> None:
         """Save what was applied (the caller applies a snapshot, then commits)."""
@@ -861,23 +877,30 @@ class CsvSource:
         except ValueError as exc:
             raise DocumentInvalid(self.path, f"is not readable as CSV ({exc})", False) from None
         applied = self._applied
+        notices, self._notices = self._notices, ()
         if applied is None:  # the first read, without a checkpoint
             applied = self._applied = []
             if self.spec.start_at_end:
                 self._applied = digests
-                return None
+                return self._nothing_new(notices)
         shared = 0
         for old, new in zip(applied, digests, strict=False):
             if old != new:
                 break
             shared += 1
         if shared == len(digests):
-            return None  # nothing past what was applied (perhaps a rewrite caught midway)
+            # nothing past what was applied (perhaps a rewrite caught midway)
+            return self._nothing_new(notices)
         self._applied = digests
         return Snapshot(
             self.path, records[shared - (len(digests) - len(records)) :], None,
-            replaces=False, read_at=time.time(), errors=self._errors,
+            replaces=False, read_at=time.time(), errors=self._errors, notices=notices,
         )  # fmt: skip
+
+    def _nothing_new(self, notices: tuple[str, ...]) -> Snapshot | None:
+        if not notices:
+            return None
+        return Snapshot(self.path, [], None, replaces=False, read_at=time.time(), notices=notices)
 
     def _rows(self, complete: bytes) -> tuple[list[dict[str, Any]], list[bytes]]:
         """The rows of ``complete`` and the digests of every row of the file. The records
