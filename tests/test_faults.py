@@ -1301,3 +1301,41 @@ def test_jsonl_positions_are_not_resumed_when_the_series_they_went_into_are_not_
     _records_total_is(grpc_receiver, 1000, **{"bridge.run": "2"})
     _stays(grpc_receiver, 1000, **{"bridge.run": "2"})
     assert_no_traceback(second)
+
+
+@pytest.mark.parametrize(
+    "series",
+    [{"test.records": [1]}, {"test.records": {"identity": None, "series": 5}}],
+    ids=["entry-not-an-object", "series-not-a-list"],
+)
+def test_a_series_file_of_the_wrong_shape_is_warned_about_and_the_bridge_reads_on(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn, series: dict[str, Any]
+) -> None:
+    """A series file that is JSON of the right format but the wrong shape (damaged, edited
+    by hand) ended the bridge with an AttributeError or TypeError traceback at its first
+    read: restore raised what its callers did not expect."""
+    state = tmp_path / "state"
+    state.mkdir()
+    log, first = _jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge, STATE_DIR=str(state))
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, 10))
+    _records_total_is(grpc_receiver, 10)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=GRACE_S) == 0
+    [saved] = state.glob("series-*.json")
+    content = json.loads(saved.read_text())
+    if isinstance(series["test.records"], dict):
+        series["test.records"]["identity"] = content["series"]["test.records"]["identity"]
+    saved.write_text(json.dumps({**content, "series": series}))
+
+    second = _restarted_jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge, state)
+    second.wait_for_log(
+        rf"{re.escape(str(saved))}: test\.records: .*; the rest of the saved series are not "
+        "restored",
+        stream="stderr",
+    )
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(11, 5))
+    _records_total_is(grpc_receiver, 5, **{"bridge.run": "2"})
+    assert second.running
+    assert_no_traceback(second)

@@ -376,25 +376,34 @@ class InstrumentRegistry:
                 instrument = self._instruments.get(name)
                 if instrument is None or instrument.retired:
                     continue
-                spec = instrument.spec
-                if entry.get("identity") != _identity_json(spec):
-                    continue  # redefined since: its old series mean something else
-                for item in entry["series"]:
-                    source = item["source"]
-                    if source not in sources:
-                        continue
-                    attributes = tuple((str(k), v) for k, v in item["attributes"])
-                    plain = dict(attributes)
-                    try:
-                        if instrument.histogram:
-                            series: Any = HistogramSeries.from_json(plain, spec.buckets or (), item)
-                        else:
-                            series = NumberSeries.from_json(plain, item)
-                    except (KeyError, TypeError, ValueError) as exc:
-                        raise ValueError(f"{name}: {exc}") from None
-                    if instrument.live_count() < instrument.max_series:  # the guard holds
-                        instrument.by_source.setdefault(source, {})[attributes] = series
-                        restored += 1
+                try:  # a damaged or hand-edited file can hold any JSON anywhere
+                    restored += self._restore_one(instrument, entry, sources)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+                except (AttributeError, KeyError, TypeError) as exc:
+                    problem = f"not saved series of the shape this version writes ({exc})"
+                    raise ValueError(f"{name}: {problem}") from None
+        return restored
+
+    @staticmethod
+    def _restore_one(instrument: _Instrument, entry: Any, sources: set[str]) -> int:
+        spec = instrument.spec
+        if entry.get("identity") != _identity_json(spec):
+            return 0  # redefined since: its old series mean something else
+        restored = 0
+        for item in entry["series"]:
+            source = item["source"]
+            if source not in sources:
+                continue
+            attributes = tuple((str(k), v) for k, v in item["attributes"])
+            plain = dict(attributes)
+            if instrument.histogram:
+                series: Any = HistogramSeries.from_json(plain, spec.buckets or (), item)
+            else:
+                series = NumberSeries.from_json(plain, item)
+            if instrument.live_count() < instrument.max_series:  # the guard holds
+                instrument.by_source.setdefault(source, {})[attributes] = series
+                restored += 1
         return restored
 
     def _over_limit(
