@@ -376,6 +376,13 @@ BAD_MAPPINGS = [
         ],
     ),
     (
+        "an unquoted {name} where a JSONPath goes is a YAML mapping",
+        H + "  - name: a\n    type: gauge\n    path: {metric}\n",
+        [
+            "m.yaml:5: metrics[0].path: {metric} is a YAML mapping, not a JSONPath; a JSONPath starts with '$' and is quoted when it holds {, [ or *, e.g. \"$['{metric}']\"",
+        ],
+    ),
+    (
         "unit at the top level belongs on a metric",
         H + "  - {name: a, type: gauge, path: $.a}\nunit: ms\n",
         [
