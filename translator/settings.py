@@ -317,5 +317,14 @@ def _headers(env: _Reader, name: str, protocol: str) -> dict[str, str]:
                 f"carry (a newline, NUL or other control character, or not {what}; {hidden})",
             )
             continue
+        if protocol != "grpc" and value[:1] == " ":
+            # Only an encoded space survives the strip above; an HTTP field value does not
+            # start with one (requests refuses it at every export).
+            env.bad(
+                name,
+                f"entry {i} ({key}): the value starts with a space (encoded as %20), which "
+                f"HTTP does not send ({hidden})",
+            )
+            continue
         headers[key] = value
     return headers
