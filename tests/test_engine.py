@@ -246,7 +246,9 @@ def test_a_drop_under_a_for_each_key_pattern_names_the_element() -> None:
         " range: {min: 0}}\n"
         "  - {name: m, type: gauge, for_each: '$.per_class.{class}', path: '$.{metric}'}\n"
     )
-    result = evaluate(plan, {"per_class": {"roof": {"AP": 38.7}, "tree": {"AP": -1, "AR": math.nan}}})
+    result = evaluate(
+        plan, {"per_class": {"roof": {"AP": 38.7}, "tree": {"AP": -1, "AR": math.nan}}}
+    )
     assert [(d.reason, d.detail) for d in result.drops] == [
         (DropReason.OUT_OF_RANGE, "class=tree: $.AP = -1, outside range (min 0)"),
         (DropReason.NON_FINITE, "class=tree: $.AR = NaN"),
@@ -270,7 +272,7 @@ def test_a_matched_key_that_cannot_be_an_attribute_is_dropped_not_exported() -> 
     assert [(d.reason, d.detail) for d in result.drops] == [
         (
             DropReason.BAD_ATTRIBUTE,
-            "attribute 'k': the matched key \"" + "x" * 40 + "...\" is 2000 characters long "
+            "attribute 'k': the matched key \"" + "x" * 40 + '..." is 2000 characters long '
             "(limit 1024)",
         ),
         (

@@ -113,9 +113,11 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[YamlPath, str]
         )
     elif kind == "type" and isinstance(instance, dict) and rule.get("pattern") == "^\\$":
         # path: {metric} -- YAML reads an unquoted {...} as a mapping, not as text
-        yield path, (
-            f"{{{', '.join(map(str, instance))}}} is a YAML mapping, not a JSONPath; a JSONPath "
-            "starts with '$' and is quoted when it holds {, [ or *, e.g. \"$['{metric}']\""
+        keys = ", ".join(map(str, instance))
+        yield (
+            path,
+            f"{{{keys}}} is a YAML mapping, not a JSONPath; a JSONPath starts with '$' and is "
+            "quoted when it holds {, [ or *, e.g. \"$['{metric}']\"",
         )
     elif kind == "pattern" and expected == "^\\$":
         yield path, f"{instance!r} is not a JSONPath; it must start with '$' (e.g. $.loss)"
