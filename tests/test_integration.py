@@ -220,8 +220,9 @@ def test_a_stale_file_stops_being_exported(
     ), "neither the gauge nor the histogram of a stale file is exported"
 
 
+@pytest.mark.parametrize("caught_by", ["process", "another-thread"])
 def test_sigterm_flushes_the_latest_values_and_exits_0(
-    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn, caught_by: str
 ) -> None:
     metrics = tmp_path / "current.json"
     write_doc(metrics, timestamp="t1", batch=10)
@@ -230,7 +231,17 @@ def test_sigterm_flushes_the_latest_values_and_exits_0(
     )
     grpc_receiver.wait_for_point("ml.training.batch_number", where=lambda p: p.number == 10)
     before = grpc_receiver.request_count
-    bridge.send_signal(signal.SIGTERM)
+    if caught_by == "process":
+        bridge.send_signal(signal.SIGTERM)
+    else:
+        # Python runs a handler in the main thread between bytecodes: a SIGTERM caught by
+        # another thread, or by the main thread just before its select(), interrupted no
+        # wait, and the loop slept its whole interval (60 s) first. Seen under load as a
+        # bridge still running 10 s after SIGTERM, with no "received SIGTERM" line; a signal
+        # sent to a thread other than the main one makes that window certain.
+        others = bridge.thread_ids()[1:]
+        assert others, "the bridge runs an export thread beside its main thread"
+        bridge.send_signal_to_thread(others[0], signal.SIGTERM)
     assert bridge.wait(timeout_s=10) == 0
     assert grpc_receiver.request_count > before, "the final export on SIGTERM"
     assert re.search(r"received SIGTERM: stopping", bridge.stderr)

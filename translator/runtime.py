@@ -164,10 +164,11 @@ class Bridge:
         """Poll until stopped (or once); 0 on a clean stop, 1 if ``once`` could not deliver."""
         woken_by_signals = threading.current_thread() is threading.main_thread()
         if woken_by_signals:
-            # The OS may deliver SIGTERM to any thread (the export thread, gRPC's): then the
-            # main thread's select() is not interrupted, and the Python handler would run
-            # only when it times out (a whole COLLECTION_INTERVAL). The wakeup fd is written
-            # by the C-level handler whatever thread it runs on, and wakes the loop.
+            # The OS may deliver SIGTERM to any thread (the export thread, gRPC's), and the
+            # main thread may catch it after its last bytecode before select() (preempted, or
+            # handing the GIL over): either way select() is not interrupted, and the Python
+            # handler would run only when it times out (a whole COLLECTION_INTERVAL). The
+            # wakeup fd is written by the C-level handler whatever thread it runs on.
             previous_wakeup_fd = signal.set_wakeup_fd(
                 self._waker.wakeup_fd, warn_on_full_buffer=False
             )

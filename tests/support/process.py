@@ -10,6 +10,7 @@ must never leave a process behind, and must never sleep hoping the child is read
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -256,6 +257,24 @@ class ChildProcess:
                 f"{self.describe()}"
             )
         popen.send_signal(sig)
+
+    def thread_ids(self) -> list[int]:
+        """The child's threads (Linux: /proc/PID/task), the main thread (tid == pid) first."""
+        pid = self.pid
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        return [pid, *others]
+
+    def send_signal_to_thread(self, tid: int, sig: int) -> None:
+        """Send `sig` to one thread of the child (tgkill): the signal is caught in that
+        thread, as the kernel may do with a signal sent to the process."""
+        pid = self._require_popen().pid
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.tgkill(pid, tid, sig) != 0:
+            error = ctypes.get_errno()
+            raise AssertionError(
+                f"{self.name}: tgkill({pid}, {tid}, {signal.Signals(sig).name}): "
+                f"{os.strerror(error)}\n{self.describe()}"
+            )
 
     def wait(self, timeout_s: float = 10.0) -> int:
         """Wait for the child to exit and its output to be drained; return its exit code."""
