@@ -150,9 +150,23 @@ def test_prefix_starts_every_name_and_a_bad_one_is_refused(capsys: pytest.Captur
         ("", "is empty; init needs a sample with values in it"),
         ("hello\n", "not JSON, JSON Lines or CSV with a header line"),
         ("[1, 2]", "a JSON list, but not of objects (records)"),
-        ('{"job_id": "a", "ok": true}', "no numeric value in the sample: nothing to map"),
+        (
+            '{"job_id": "a", "ok": true}',
+            "no numeric value in the sample: nothing to map (left out: $.ok: true/false "
+            "(booleans: maps them to numbers))",
+        ),
+        ('{\n  "loss": 0.5,\n  "acc": [\n    0.9,\n  ]\n}\n', "not valid JSON (Expecting"),
+        ('{"a":' * 1100 + "1" + "}" * 1100, "not valid JSON (nested more than 1024 levels deep)"),
+        (
+            '{"a":' * 1000 + "1" + "}" * 1000,
+            "no numeric value in the sample: nothing to map (left out: $"
+            + ".a" * 32 + ": an object nested deeper than 32 levels)",
+        ),
     ],
-    ids=["missing", "empty", "text", "list-of-numbers", "no-numbers"],
+    ids=[
+        "missing", "empty", "text", "list-of-numbers", "no-numbers", "broken-json",
+        "too-deep-for-json", "too-deep-for-a-mapping",
+    ],
 )
 def test_a_sample_init_cannot_use_is_named_with_the_reason(
     tmp_path: Path, content: str | None, problem: str
@@ -161,7 +175,9 @@ def test_a_sample_init_cannot_use_is_named_with_the_reason(
     if content is not None:
         sample.write_text(content)
     status, out, err = call("init", str(sample))
-    assert (status, out, err) == (1, "", f"ml-metrics-bridge init: {sample}: {problem}\n")
+    assert (status, out) == (1, "")
+    assert err.startswith(f"ml-metrics-bridge init: {sample}: {problem}")
+    assert err.endswith(")\n" if "(" in problem else f"{problem}\n")
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
@@ -176,3 +192,60 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
     finally:
         os.close(write_end)
     assert (finished.returncode, finished.stderr) == (1, "")
+
+
+def _proposed_points(
+    tmp_path: Path, name: str, content: str, preview_err: str = ""
+) -> tuple[str, list[dict[str, Any]]]:
+    """init's proposal for a sample, checked to validate, and what preview gives with it."""
+    sample = tmp_path / name
+    sample.write_text(content)
+    status, mapping_text, err = call("init", str(sample))
+    assert (status, err) == (0, "")
+    mapping = tmp_path / "proposed.yaml"
+    mapping.write_text(mapping_text)
+    assert call("validate", str(mapping))[0] == 0
+    status, out, err = call("preview", "--mapping", str(mapping), str(sample), "--format", "json")
+    assert (status, err) == (0, preview_err.format(sample=sample))
+    return mapping_text, json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("content", "values"),
+    [
+        # A backslash and quotes in a key: JSONPath's quoted keys escape them.
+        ('{"back\\\\slash": 1, "it\'s \\"q\\"": 2, "it\'s": 3, "say \\"hi\\"": 4}', [1, 2, 3, 4]),
+        ('{"' + "k" * 300 + '": 1, "' + "k" * 299 + 'x": 2}', [1, 2]),  # past 255 characters
+        ('{"a b": {"c:d": 5}, "\u00fc": 6, "tab\\there": 7, "": 8}', [5, 6, 7, 8]),
+    ],
+    ids=["backslash-and-quotes", "long-keys", "odd-keys"],
+)
+def test_keys_of_any_spelling_get_a_path_that_selects_them(
+    tmp_path: Path, content: str, values: list[float]
+) -> None:
+    _, rows = _proposed_points(tmp_path, "sample.json", content)
+    assert sorted(r["value"] for r in rows if "dropped" not in r) == values
+    assert [r for r in rows if "dropped" in r] == []
+
+
+def test_a_key_a_path_would_read_as_a_key_pattern_is_left_out_not_exported_wrong(
+    tmp_path: Path,
+) -> None:
+    # $['loss{split}'] would match every key (loss and step too): wrong values under one name.
+    text, rows = _proposed_points(tmp_path, "s.json", '{"loss{split}": 1, "loss": 2, "step": 3}')
+    assert sorted((r["name"], r["value"]) for r in rows) == [
+        ("ml.training.loss", 2), ("ml.training.step", 3)
+    ]  # fmt: skip
+    assert "#   $['loss{split}']: {...} in the key: a path reads it as a key pattern\n" in text
+
+
+def test_a_json_lines_sample_with_a_torn_last_line_is_json_lines(tmp_path: Path) -> None:
+    # A copy of a live log: the last line is still being written. The sidecar skips it.
+    content = '{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.25}\n{"step": 3, "lo'
+    skipped = "{sample}:3: not JSON (Unterminated string starting at: line 1 column 13 (char 12)); skipped\n"
+    text, rows = _proposed_points(tmp_path, "log.jsonl", content, skipped)
+    assert "  format: jsonl\n" in text
+    assert "#   line 3: not JSON (the sidecar skips such a line)\n" in text
+    assert sorted((r["name"], r["value"]) for r in rows) == [
+        ("ml.training.loss", 2.25), ("ml.training.step", 2)
+    ]  # fmt: skip

@@ -16,8 +16,10 @@ document, or CSV), looks at every leaf, and writes a commented mapping:
   element key that tells them apart as an attribute;
 - text that looks like an identifier (job, model, run ids, names) is an attribute; a
   timestamp is the document's ``version_path``, a start time its ``start_time_path``;
-- what is left out (text, booleans, nested lists, numbers beside a history array) is listed
-  in a comment, and every guess has a comment saying what it was guessed from.
+- what is left out (text, booleans, nested lists, numbers beside a history array, empty
+  objects, objects nested deeper than 32 levels, keys with ``{name}`` in them, which a path
+  would read as a key pattern, JSON Lines' lines that are not JSON) is listed in a comment,
+  and every guess has a comment saying what it was guessed from.
 
 It proposes text and never writes a file; the mapping is compiled before it is printed, so
 what it prints validates. Data flows one way here too: sample -> survey -> YAML text.
@@ -68,6 +70,14 @@ _ELEMENT_KEYS: Final = ("id", "index", "idx", "rank", "uuid", "device", "name", 
 #: Keys of a list of objects that make it a history of log records.
 _HISTORY_WORDS: Final = ("history", "log", "records", "entries")
 _MAX_ATTRIBUTE_CHARS: Final = 128
+#: Objects nested deeper than this are left out (listed): no trainer nests metrics that
+#: deep, and the survey recurses once per level.
+_MAX_DEPTH: Final = 32
+#: The schema's longest instrument name, less room for a "_NN" that makes a name unique.
+_MAX_NAME_CHARS: Final = 251
+#: `{name}` in a key: a mapping's path reads that key as a key pattern (matching every key
+#: that fits), and nothing escapes it, so such a key cannot be selected by itself.
+_PLACEHOLDER: Final = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
 
 
 class ScaffoldError(BridgeError):
@@ -87,6 +97,8 @@ class _Sample:
     """The document (documents only), for version and start time."""
     history: tuple[str, ...] | None = None
     """Keys of the history array inside the document (``()``: the document is the list)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """What of the file itself is left out (JSON Lines' lines that are not JSON)."""
 
 
 def _read_sample(path: str) -> _Sample:
@@ -101,19 +113,31 @@ def _read_sample(path: str) -> _Sample:
         raise ScaffoldError(f"{path}: is empty; init needs a sample with values in it")
     try:
         document = parse_json(data)
-    except ValueError:
-        document = None
+    except ValueError as exc:
+        json_error = str(exc)
     else:
         return _document_sample(path, document)
-    lines = [line for line in data.splitlines() if line.strip()]
-    try:
-        records = [parse_json(line) for line in lines]
-    except ValueError:
-        pass
-    else:
+    records: list[Any] = []
+    bad: list[int] = []
+    first_line_parses = None
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse_json(line))
+        except ValueError:
+            bad.append(number)
+        if first_line_parses is None:
+            first_line_parses = not bad
+    if first_line_parses:
+        # JSON Lines. A line that is not JSON (the last one, half-written, in a copy of a
+        # live log) is skipped, as the sidecar skips it, and listed.
         if all(isinstance(r, dict) for r in records):
-            return _Sample("jsonl", records, None)
+            skipped = {f"line {n}": "not JSON (the sidecar skips such a line)" for n in bad}
+            return _Sample("jsonl", records, None, skipped=skipped)
         raise ScaffoldError(f"{path}: JSON Lines whose lines are not all objects")
+    if data.lstrip()[:1] in (b"{", b"["):
+        raise ScaffoldError(f"{path}: not valid JSON ({json_error})")
     try:
         rows, _ = csv_records(data)
     except ValueError as exc:
@@ -196,7 +220,17 @@ class _Survey:
             self.count += 1
         for key, value in record.items():
             here = (*keys, key)
-            if isinstance(value, dict):
+            if _PLACEHOLDER.search(key):
+                self.skipped.setdefault(
+                    _path_text(here), "{...} in the key: a path reads it as a key pattern"
+                )
+            elif isinstance(value, dict) and len(here) >= _MAX_DEPTH:
+                self.skipped.setdefault(
+                    _path_text(here), f"an object nested deeper than {_MAX_DEPTH} levels"
+                )
+            elif isinstance(value, dict) and not value:
+                self.skipped.setdefault(_path_text(here), "an empty object in the sample")
+            elif isinstance(value, dict):
                 self.add(value, here)
             elif _is_object_list(value):
                 group = self.groups.setdefault(here, _Survey())
@@ -220,6 +254,11 @@ class _Survey:
     def add_element(self, element: dict[str, Any]) -> None:
         self.elements += 1
         for key, value in element.items():
+            if _PLACEHOLDER.search(key):
+                self.skipped.setdefault(
+                    _path_text((key,)), "{...} in the key: a path reads it as a key pattern"
+                )
+                continue
             if isinstance(value, dict | list):
                 kind = "an object" if isinstance(value, dict) else "a list"
                 self.skipped.setdefault(_path_text((key,)), f"{kind} inside each element")
@@ -250,10 +289,11 @@ def _path_text(keys: Iterable[Key]) -> str:
             out += f"[{key}]"
         elif _PLAIN_KEY.fullmatch(key):
             out += f".{key}"
-        elif "'" not in key:
-            out += f"['{key}']"
         else:
-            out += f'["{key}"]'
+            # JSONPath's quoted key: a backslash escapes the next character.
+            quote = '"' if "'" in key and '"' not in key else "'"
+            escaped = key.replace("\\", "\\\\").replace(quote, "\\" + quote)
+            out += f"[{quote}{escaped}{quote}]"
     return out
 
 
@@ -339,6 +379,7 @@ class _Writer:
 
     def unique_name(self, parts: list[str]) -> str:
         base = ".".join([self.prefix, *parts]) if parts else self.prefix
+        base = base[:_MAX_NAME_CHARS]
         name, n = base, 2
         while name in self.names:
             name, n = f"{base}_{n}", n + 1
@@ -407,10 +448,15 @@ def _render(sample: _Sample, survey: _Survey, w: _Writer) -> str:
     _metrics(survey, (), w, out, attribute_lines=[])
     for keys, group in survey.groups.items():
         _group_metrics(keys, group, w, out)
-    if len(out) == before:
-        raise ScaffoldError(f"{w.sample_path}: no numeric value in the sample: nothing to map")
-    for where, why in survey.skipped.items():
+    for where, why in [*sample.skipped.items(), *survey.skipped.items()]:
         w.skipped.append((where, why))
+    if not any(line.startswith("  - name: ") for line in out[before:]):
+        left_out = "; ".join(f"{where}: {why}" for where, why in w.skipped[:3])
+        left_out += "; ..." if len(w.skipped) > 3 else ""
+        raise ScaffoldError(
+            f"{w.sample_path}: no numeric value in the sample: nothing to map"
+            + (f" (left out: {left_out})" if left_out else "")
+        )
     if w.skipped:
         out += ["", "# Left out (map them by hand if they matter):"]
         out += [f"#   {where}: {why}" for where, why in w.skipped]
