@@ -153,7 +153,7 @@ def test_prefix_starts_every_name_and_a_bad_one_is_refused(capsys: pytest.Captur
         (
             '{"job_id": "a", "ok": true}',
             "no numeric value in the sample: nothing to map (left out: $.ok: true/false "
-            "(booleans: maps them to numbers))",
+            "(a metric with booleans: true reads them as 1 and 0))",
         ),
         ('{\n  "loss": 0.5,\n  "acc": [\n    0.9,\n  ]\n}\n', "not valid JSON (Expecting"),
         ('{"a":' * 1100 + "1" + "}" * 1100, "not valid JSON (nested more than 1024 levels deep)"),
@@ -249,3 +249,59 @@ def test_a_json_lines_sample_with_a_torn_last_line_is_json_lines(tmp_path: Path)
     assert sorted((r["name"], r["value"]) for r in rows) == [
         ("ml.training.loss", 2.25), ("ml.training.step", 2)
     ]  # fmt: skip
+
+
+def _proposal(tmp_path: Path, content: str) -> dict[str, Any]:
+    sample = tmp_path / "sample.json"
+    sample.write_text(content)
+    status, out, err = call("init", str(sample))
+    assert (status, err) == (0, "")
+    parsed: dict[str, Any] = yaml.safe_load(out)
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "unit"),
+    [
+        ("samples_per_second", 150.2, "{sample}/s"),  # the brief's; was no unit
+        ("train_steps_per_second", 3.1, "{step}/s"),
+        ("iterations_per_sec", 12.0, "{iteration}/s"),  # was "s": it ends in _sec
+        ("epoch_duration", 45.0, None),  # was "%": "ratio" is inside "duration"
+        ("grad_accum_steps", 4, None),  # was "%": "acc" is inside "accum"
+        ("eval_acc", 0.41, "1"),
+        ("valAccuracy", 0.9, "1"),
+        ("cpu_percent", 55.0, "%"),
+        ("step_time_ms", 12.5, "ms"),
+    ],
+)
+def test_units_are_guessed_from_the_words_of_the_name(
+    tmp_path: Path, key: str, value: float, unit: str | None
+) -> None:
+    (metric,) = _proposal(tmp_path, json.dumps({key: value}))["metrics"]
+    assert metric.get("unit") == unit
+
+
+def test_names_say_what_they_are_about(tmp_path: Path) -> None:
+    mapping = _proposal(
+        tmp_path,
+        json.dumps({
+            "model": {"name": "resnet50"},  # a generic key is named with its parent
+            "per_class": [{"class": "cat", "ap": 0.8}, {"class": "dog", "ap": 0.7}],
+            "\u00fcber_loss": 1.5,  # an accented letter keeps its base letter
+        }),
+    )  # fmt: skip
+    assert mapping["attributes"] == {"model.name": {"path": "$.model.name"}}
+    names = {m["name"]: m for m in mapping["metrics"]}
+    assert set(names) == {"ml.training.per_class.ap", "ml.training.uber_loss"}
+    assert names["ml.training.per_class.ap"]["attributes"] == {
+        "per_class.class": {"path": "$.class"}  # not per_clas.class
+    }
+
+
+def test_a_list_of_objects_with_nothing_to_map_gets_no_dangling_comment(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.json"
+    sample.write_text('{"loss": 1.0, "events": [{"what": {"nested": 1}}, {"what": {}}]}')
+    status, out, _ = call("init", str(sample))
+    assert status == 0
+    assert "nothing tells the elements" not in out
+    assert "#   $.events[*]: $.what: an object inside each element\n" in out

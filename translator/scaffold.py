@@ -8,8 +8,9 @@ document, or CSV), looks at every leaf, and writes a commented mapping:
   ``.`` or ``:`` (or anything but letters, digits and ``_``) are bracketed in the path;
 - step-like running totals (``step``, ``global_step``, ``iteration``, ``epoch``, ``batch``)
   are counters with ``mode: total``;
-- units are guessed from the name (``_ms``, ``_s``/``_seconds``, ``_bytes``; fractions such
-  as accuracy or utilization with values in 0..1 are ``1``);
+- units are guessed from the words of the name (``_ms``, ``_s``/``_seconds``, ``_bytes``,
+  ``_percent``, ``samples_per_second`` -> ``{sample}/s``; fractions such as accuracy or
+  utilization with values in 0..1 are ``1``);
 - a list of numbers is a gauge of its newest (last) value;
 - a list of objects is a history (``source.records``, with a ``record_key`` when a step-like
   field is unique) when its elements look like log records, else ``for_each`` with the
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -55,10 +57,16 @@ _STEP_UNITS: Final = {
     "step": "step", "steps": "step", "global_step": "step", "iteration": "iteration",
     "iter": "iteration", "epoch": "epoch", "batch": "batch", "batch_number": "batch",
 }  # fmt: skip
-#: Words in a name that make a value in 0..1 a fraction (unit "1").
+#: Words in a name that make a value in 0..1 a fraction (unit "1"): a word of the name that
+#: is one of these or ends with one (valAccuracy, top1acc), never one merely containing it
+#: (duration holds "ratio", grad_accum_steps "acc").
 _FRACTION_WORDS: Final = (
-    "accuracy", "utilization", "util", "ratio", "fraction", "precision", "recall", "f1",
+    "accuracy", "acc", "utilization", "util", "ratio", "fraction", "precision", "recall", "f1",
 )  # fmt: skip
+#: A rate: what is counted, then per second (samples_per_second -> {sample}/s).
+_PER_SECOND: Final = re.compile(r"(?:.*_)?([a-z][a-z0-9]*?)s?_per_(?:s|sec|second)")
+#: Attribute keys too generic alone: named with their parent (model.name, not name).
+_GENERIC_KEYS: Final = {"name", "id", "uuid"}
 #: Keys of text that names what a series is about (the last part, lowercased).
 _IDENTIFIER_KEYS: Final = {
     "job", "job_name", "model", "model_name", "run", "run_name", "dataset", "dataset_name",
@@ -309,7 +317,9 @@ def _name_parts(keys: Iterable[Key]) -> list[str]:
     for key in keys:
         if isinstance(key, int):
             continue  # [-1] is the list's newest value: same name as the list
-        for piece in re.split(r"[/.:]", key.lower()):
+        # Names are ASCII: an accented letter keeps its base letter (ü -> u).
+        ascii_key = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode()
+        for piece in re.split(r"[/.:]", ascii_key.lower()):
             piece = re.sub(r"[^a-z0-9_]+", "_", piece).strip("_")
             if piece:
                 parts.append(piece)
@@ -323,6 +333,9 @@ def _step_unit(key: Key) -> str | None:
 def _unit_guess(key: Key, values: Sequence[float]) -> tuple[str, str] | None:
     """(unit, why) guessed from the name and the sample's values."""
     part = _last_part(key)
+    rate = _PER_SECOND.fullmatch(part)
+    if rate is not None:
+        return f"{{{rate.group(1)}}}/s", "a rate: per second in the name"
     if part == "ms" or part.endswith("_ms"):
         return "ms", "the name ends in _ms"
     for suffix in ("_s", "_sec", "_secs", "_seconds"):
@@ -330,8 +343,11 @@ def _unit_guess(key: Key, values: Sequence[float]) -> tuple[str, str] | None:
             return "s", f"the name ends in {suffix}"
     if part.endswith("_bytes") or part == "bytes":
         return "By", "the name ends in _bytes"
-    whole = str(key).lower()  # utilization.gpu: the word is not in the last part
-    word = next((w for w in _FRACTION_WORDS if w in whole), None)
+    if re.search(r"(^|_)(percent|pct)$", part):
+        return "%", "the name ends in _percent"
+    # utilization.gpu: the word is not in the last part
+    words = re.split(r"[^a-z0-9]+", str(key).lower())
+    word = next((w for w in _FRACTION_WORDS if any(t.endswith(w) for t in words)), None)
     if word is not None and values and all(0 <= v <= 1 for v in values):
         return "1", f"a fraction: '{word}' in the name, values within 0..1"
     if word is not None and values and all(0 <= v <= 100 for v in values):
@@ -350,12 +366,15 @@ def _is_identifier(key: Key, values: Sequence[Any]) -> bool:
 
 def _attribute_name(keys: tuple[Key, ...], prefix: str = "") -> str:
     part = _last_part(keys[-1])
+    if part in _GENERIC_KEYS and not prefix and len(keys) > 1:
+        part = f"{_last_part(keys[-2])}_{part}"  # $.model.name -> model.name
     dotted = {"hostname": "host.name"}.get(part) or re.sub(r"_+", ".", part).strip(".")
     return f"{prefix}.{dotted}" if prefix else dotted
 
 
 def _singular(word: str) -> str:
-    return word[:-1] if word.endswith("s") and len(word) > 3 else word
+    """gpus -> gpu; per_class stays per_class."""
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") and len(word) > 3 else word
 
 
 def _yaml(value: str) -> str:
@@ -562,7 +581,8 @@ def _metrics(
         numbers = [v for v in leaf.values if _is_number(v)]
         if not numbers and leaf.values:
             if all(isinstance(v, bool) for v in leaf.values):
-                w.skipped.append((where, "true/false (booleans: maps them to numbers)"))
+                why = "true/false (a metric with booleans: true reads them as 1 and 0)"
+                w.skipped.append((where, why))
             elif not _is_identifier(keys[-1], leaf.values):
                 w.skipped.append((where, "text"))
             continue
@@ -634,12 +654,8 @@ def _group_metrics(keys: tuple[str, ...], group: _Survey, w: _Writer, out: list[
     owner = _singular(_name_parts(keys[-1:])[-1] if _name_parts(keys[-1:]) else "element")
     attribute_lines: list[str] = []
     key = _element_key(group)
-    if key is None:
-        out.append(
-            f"  # guess: nothing tells the elements of {for_each} apart: give their metrics "
-            "an attribute that does"
-        )
-    else:
+    first_metric = len(out)
+    if key is not None:
         attribute_lines.append(
             f"      {_attribute_name((key,), owner)}: {{path: {_yaml(_path_text((key,)))}}}"
             f"   # guess: {key} tells the elements apart"
@@ -661,6 +677,12 @@ def _group_metrics(keys: tuple[str, ...], group: _Survey, w: _Writer, out: list[
         group, keys, w, out,
         attribute_lines=attribute_lines, for_each=for_each, total=group.elements,
     )  # fmt: skip
+    if key is None and len(out) > first_metric:  # said above the metrics it is about
+        out.insert(
+            first_metric,
+            f"  # guess: nothing tells the elements of {for_each} apart: give their metrics "
+            "an attribute that does",
+        )
 
 
 def _element_key(group: _Survey) -> str | None:
