@@ -343,3 +343,21 @@ def test_padded_header_names_and_cells_are_read_without_their_spaces(tmp_path: P
         fh.write("                      3,                 0.5123,   \n")
     snapshot = source.poll()
     assert snapshot is not None and snapshot.records == [{"epoch": 3, "metrics/mAP50(B)": 0.5123}]
+
+
+def test_a_quoted_cell_holding_a_newline_waits_until_its_row_is_whole(tmp_path: Path) -> None:
+    # Python's csv reader closes a quote left open at the end of the data: the half of a
+    # multi-line cell written so far was applied as a row, and its rest as another.
+    path = tmp_path / "m.csv"
+    path.write_bytes(b'"step","note"\r\n"1","a, b"\r\n2,"first ""line""\n')
+    source = source_for(path)
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [{"step": 1, "note": "a, b"}]
+    with path.open("ab") as fh:
+        fh.write(b'second line"\n3,x"y\n')
+    snapshot = source.poll()
+    assert snapshot is not None and snapshot.records == [
+        {"step": 2, "note": 'first "line"\nsecond line'},
+        {"step": 3, "note": 'x"y'},
+    ]
+    assert source.poll() is None

@@ -755,6 +755,28 @@ class _CsvPrefix:
     lines: int
 
 
+#: One CSV field as Python's csv reader splits it: quoted (``""`` inside is a quote; text
+#: after the closing quote belongs to the field), plain (a quote inside it is text), or
+#: empty. Possessive and atomic, so no input makes it backtrack.
+_CSV_FIELD = rb'(?>"(?:[^"]|"")*+"[^,\n]*+|[^",\n][^,\n]*+|)'
+_CSV_ROWS = re.compile(rb"(?:" + _CSV_FIELD + rb"(?:," + _CSV_FIELD + rb")*+\n)*+")
+#: A quoted cell still open after this many lines is not a row being written but a stray
+#: quote: the file is read as the csv module reads it rather than waited on for ever.
+_OPEN_CELL_LINES = 1000
+
+
+def _csv_rows_end(data: bytes) -> int:
+    """Where the last whole row of ``data`` ends: after its last newline, unless that
+    newline is inside a quoted cell (a row with a multi-line cell, half written)."""
+    end = data.rfind(b"\n") + 1
+    if b'"' not in data:
+        return end
+    rows_end = _CSV_ROWS.match(data).end()  # type: ignore[union-attr]  # * always matches
+    if rows_end < end and data.count(b"\n", rows_end, end) <= _OPEN_CELL_LINES:
+        return rows_end
+    return end
+
+
 def _header_names(row: list[str]) -> list[str]:
     return [name.strip() for name in row]
 
@@ -783,8 +805,9 @@ class CsvSource:
     digest per row, in order, and a read applies the rows past the longest prefix it
     shares with them: a file caught mid-rewrite (a prefix) gives nothing, a new run's file
     (another first row) is applied from its start. As with JSON Lines, a half-written last
-    line waits for its newline, a file renamed away is drained through the descriptor
-    kept open, and ``STATE_DIR`` keeps the digests across restarts.
+    row waits for its newline (one outside quotes: a cell may hold newlines), a file
+    renamed away is drained through the descriptor kept open, and ``STATE_DIR`` keeps the
+    digests across restarts.
     """
 
     def __init__(
@@ -871,7 +894,7 @@ class CsvSource:
             raise _read_error(self.path, exc) from None
         if len(data) > cap:
             raise SourceUnavailable(self.path, f"grew past the {cap}-byte cap (source.max_bytes)")
-        complete = data[: data.rfind(b"\n") + 1]  # a half-written last line waits
+        complete = data[: _csv_rows_end(data)]  # a half-written last row waits
         try:
             records, digests = self._rows(complete)
         except ValueError as exc:
