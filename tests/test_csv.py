@@ -361,3 +361,15 @@ def test_a_quoted_cell_holding_a_newline_waits_until_its_row_is_whole(tmp_path: 
         {"step": 3, "note": 'x"y'},
     ]
     assert source.poll() is None
+
+
+def test_a_quote_left_open_for_over_a_thousand_lines_is_read_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    # Not a row being written but a stray quote: read as the csv module reads it (the
+    # rest of the file one cell) rather than nothing for ever.
+    path = tmp_path / "m.csv"
+    path.write_text('step,note\n1,ok\n2,"stray\n' + "3,x\n" * 1001)
+    snapshot = source_for(path).poll()
+    assert snapshot is not None and [r["step"] for r in snapshot.records] == [1, 2]
+    assert snapshot.records[1]["note"].startswith("stray\n3,x\n")
