@@ -228,7 +228,8 @@ def rules(draw: st.DrawFn, instrument: dict[str, Any]) -> dict[str, Any]:
             rule[key] = draw(strategy)
     if instrument["type"] == "histogram" and rule.get("non_finite") == "keep":
         del rule["non_finite"]  # refused by the compiler: the SDK drops such observations
-    missing = draw(st.sampled_from(["", "default", "missing"]))
+    # default and missing are refused where they can never apply (a key pattern, a count).
+    missing = "" if value != "path" else draw(st.sampled_from(["", "default", "missing"]))
     if missing == "default":
         rule["default"] = draw(numbers)
     elif missing == "missing":
