@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -325,6 +326,25 @@ def test_run_once_exits_1_when_the_file_is_missing(
     # The last line says why the exit status is 1, naming the file.
     assert err.splitlines()[-1].endswith(
         f"ERROR   run --once exits 1: {tmp_path / 'absent.json'}: does not exist (yet)"
+    )
+
+
+def test_run_once_says_how_to_name_the_file_when_it_read_the_unset_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from translator.settings import DEFAULT_SOURCE_PATH
+
+    if os.path.exists(DEFAULT_SOURCE_PATH):
+        pytest.skip(f"{DEFAULT_SOURCE_PATH} exists on this machine")
+    monkeypatch.delenv("METRICS_FILE_PATH", raising=False)
+    monkeypatch.delenv("MAPPING_PATH", raising=False)  # the packaged default: no source.path
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    status, _, err = call("run", "--once")
+    assert status == 1
+    assert err.splitlines()[-1].endswith(
+        f"ERROR   run --once exits 1: {DEFAULT_SOURCE_PATH}: does not exist (yet) (the "
+        "default, METRICS_FILE_PATH being unset: set it, or the mapping's source.path, to the "
+        "file the job writes)"
     )
 
 

@@ -247,7 +247,7 @@ class Bridge:
                 try:
                     snapshot = tracked.source.poll()
                 except SourceError as exc:
-                    unread.append(str(exc))
+                    unread.append(str(exc) + self._unset_default_hint(path, exc))
                     retry_soon |= isinstance(exc, DocumentInvalid) and exc.retry_soon
                     self._read_failed(path, exc)
                     snapshot = None
@@ -635,6 +635,20 @@ class Bridge:
                 self._pipeline.export(timeout_s=self.settings.export.timeout_s)
             # While a backlog is read, batch what arrives meanwhile into the next export.
             self._stop.wait(MIN_EXPORT_SPACING_S)
+
+    def _unset_default_hint(self, path: str, exc: SourceError) -> str:
+        """For ``run --once``'s last line: a missing file that is only the built-in default
+        (METRICS_FILE_PATH unset, no source.path) says how to name the right one."""
+        if (
+            isinstance(exc, SourceMissing)
+            and not self.settings.metrics_file_path_set
+            and path == self.settings.metrics_file_path
+        ):
+            return (
+                " (the default, METRICS_FILE_PATH being unset: set it, or the mapping's "
+                "source.path, to the file the job writes)"
+            )
+        return ""
 
     def _finish(self, *, once: bool, unread: tuple[str, ...], deadline: float) -> int:
         self._save_state(now=True)
