@@ -305,3 +305,15 @@ def test_a_list_of_objects_with_nothing_to_map_gets_no_dangling_comment(tmp_path
     assert status == 0
     assert "nothing tells the elements" not in out
     assert "#   $.events[*]: $.what: an object inside each element\n" in out
+
+
+def test_a_list_no_gauge_can_read_says_what_it_holds(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps({
+        "loss": 1.0, "tags": ["a", "b"], "grid": [[1, 2], [3]], "mixed": [1, "a", None],
+    }))  # fmt: skip
+    status, out, _ = call("init", str(sample))
+    assert status == 0
+    assert "#   $.tags: a list of text\n" in out
+    assert "#   $.grid: a list of lists\n" in out
+    assert "#   $.mixed: a list of mixed values (nulls, numbers, text)\n" in out

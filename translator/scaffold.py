@@ -251,7 +251,7 @@ class _Survey:
                 if value and len(numbers) == len(value):
                     self._leaf((*here, -1)).values.append(value[-1])
                 elif value:
-                    self.skipped.setdefault(_path_text(here), "a list of mixed values")
+                    self.skipped.setdefault(_path_text(here), _list_kind(value))
                 else:
                     self._leaf((*here, -1))  # empty now: its newest value once it has one
             else:
@@ -280,6 +280,19 @@ class _Survey:
         if leaf is None:
             leaf = self.leaves[keys] = _Leaf(keys)
         return leaf
+
+
+def _list_kind(values: list[Any]) -> str:
+    """What a list no gauge can read holds: "a list of lists", "a list of mixed values"."""
+    kinds = {
+        "numbers" if _is_number(v) else "text" if isinstance(v, str) else
+        "lists" if isinstance(v, list) else "objects" if isinstance(v, dict) else
+        "true/false" if isinstance(v, bool) else "nulls"
+        for v in values
+    }  # fmt: skip
+    if len(kinds) == 1:
+        return f"a list of {kinds.pop()}"
+    return f"a list of mixed values ({', '.join(sorted(kinds))})"
 
 
 def _is_number(value: Any) -> bool:
