@@ -317,3 +317,20 @@ def test_a_list_no_gauge_can_read_says_what_it_holds(tmp_path: Path) -> None:
     assert "#   $.tags: a list of text\n" in out
     assert "#   $.grid: a list of lists\n" in out
     assert "#   $.mixed: a list of mixed values (nulls, numbers, text)\n" in out
+
+
+def test_a_number_named_an_id_is_an_attribute_not_a_gauge(tmp_path: Path) -> None:
+    text, rows = _proposed_points(tmp_path, "s.json", '{"job_id": 4711, "loss": 0.5}')
+    assert yaml.safe_load(text)["attributes"] == {"job.id": {"path": "$.job_id"}}
+    assert [(r["name"], r["value"], r["attributes"]) for r in rows] == [
+        ("ml.training.loss", 0.5, {"job.id": 4711})
+    ]
+
+
+def test_a_json_lines_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
+    sample = tmp_path / "log.jsonl"
+    sample.write_text('{"loss": 1}\n[1, 2]\n')
+    assert call("init", str(sample)) == (1, "", (
+        f"ml-metrics-bridge init: {sample}:2: a list where JSON Lines of metrics have an "
+        "object ({...}) on every line\n"
+    ))  # fmt: skip

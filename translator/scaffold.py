@@ -132,18 +132,23 @@ def _read_sample(path: str) -> _Sample:
         if not line.strip():
             continue
         try:
-            records.append(parse_json(line))
+            record = parse_json(line)
         except ValueError:
             bad.append(number)
+        else:
+            if not isinstance(record, dict):
+                raise ScaffoldError(
+                    f"{path}:{number}: {_json_kind(record)} where JSON Lines of metrics "
+                    "have an object ({...}) on every line"
+                )
+            records.append(record)
         if first_line_parses is None:
             first_line_parses = not bad
     if first_line_parses:
         # JSON Lines. A line that is not JSON (the last one, half-written, in a copy of a
         # live log) is skipped, as the sidecar skips it, and listed.
-        if all(isinstance(r, dict) for r in records):
-            skipped = {f"line {n}": "not JSON (the sidecar skips such a line)" for n in bad}
-            return _Sample("jsonl", records, None, skipped=skipped)
-        raise ScaffoldError(f"{path}: JSON Lines whose lines are not all objects")
+        skipped = {f"line {n}": "not JSON (the sidecar skips such a line)" for n in bad}
+        return _Sample("jsonl", records, None, skipped=skipped)
     if data.lstrip()[:1] in (b"{", b"["):
         raise ScaffoldError(f"{path}: not valid JSON ({json_error})")
     try:
@@ -282,6 +287,16 @@ class _Survey:
         return leaf
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if _is_number(value):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "a text" if isinstance(value, str) else "null"
+
+
 def _list_kind(values: list[Any]) -> str:
     """What a list no gauge can read holds: "a list of lists", "a list of mixed values"."""
     kinds = {
@@ -370,9 +385,12 @@ def _unit_guess(key: Key, values: Sequence[float]) -> tuple[str, str] | None:
 
 def _is_identifier(key: Key, values: Sequence[Any]) -> bool:
     part = _last_part(key)
-    named = part in _IDENTIFIER_KEYS or part.endswith("_id") or part == "id"
+    id_named = part.endswith("_id") or part == "id"
+    named = part in _IDENTIFIER_KEYS or id_named
     return named and all(
-        isinstance(v, str) and 0 < len(v) <= _MAX_ATTRIBUTE_CHARS and not _TIMESTAMP.fullmatch(v)
+        (isinstance(v, str) and 0 < len(v) <= _MAX_ATTRIBUTE_CHARS and not _TIMESTAMP.fullmatch(v))
+        # A number named an id (job_id: 123) names the job; as a gauge it would mean nothing.
+        or (id_named and isinstance(v, int) and not isinstance(v, bool))
         for v in values
     )
 
