@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -839,3 +840,30 @@ def test_a_document_rewritten_in_place_faster_than_it_can_settle_is_said_so(
         "not applied until it holds still for 5 ms: have the writer write another file "
         "and rename it over this one"
     )
+
+
+def test_jsonl_copytruncate_under_a_writer_without_o_append_loses_no_line_to_the_hole(
+    tmp_path: Path,
+) -> None:
+    # copytruncate truncates the file, and a writer that did not open it with O_APPEND goes
+    # on writing at its own offset: the file starts with a hole of NUL bytes. The first
+    # line after the hole was taken as one line with the NULs: "not JSON", lost.
+    log = tmp_path / "m.jsonl"
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.v}\n", f"source: {{path: '{log}', format: jsonl}}\n"
+    )
+    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # its own offset
+    source = JsonlSource(str(log), plan.source)
+    try:
+        os.write(writer, b'{"v": 1}\n{"v": 2}\n')
+        first = source.poll()
+        os.truncate(log, 0)
+        os.write(writer, b'{"v": 3}\n{"v": 4}\n')
+        after = source.poll()
+    finally:
+        source.close()
+        os.close(writer)
+    assert first is not None and [r["v"] for r in first.records] == [1, 2]
+    assert after is not None and [r["v"] for r in after.records] == [3, 4]
+    assert after.errors == ()
+    assert after.notices == ("was truncated or rewritten in place; reading it from the start",)

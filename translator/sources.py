@@ -582,6 +582,9 @@ class JsonlSource:
         line_start = start
         for line in data[: cut + 1].split(b"\n")[:-1]:
             at, line_start = line_start, line_start + len(line) + 1
+            # NULs are never JSON: they are the hole a writer without O_APPEND leaves when
+            # copytruncate truncates its file and it writes on at its own offset.
+            line = line.lstrip(b"\0")
             if not line.strip():
                 continue
             if len(line) > cap:
