@@ -1048,17 +1048,7 @@ def test_jsonl_copytruncate_grown_back_past_the_offset_before_a_poll_loses_nothi
 def test_jsonl_rewritten_with_the_same_head_while_the_bridge_is_down_is_read_whole(
     tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
 ) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    log, first = _jsonl_bridge(
-        tmp_path, grpc_receiver, spawn_bridge, STATE_DIR=str(state),
-        OTEL_RESOURCE_ATTRIBUTES="bridge.run=1",
-    )  # fmt: skip
-    with open(log, "ab") as fh:
-        fh.write(_same_head_lines(1, 1000))
-    _records_total_is(grpc_receiver, 1000, **{"bridge.run": "1"})
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout_s=GRACE_S) == 0
+    state, log = _first_run_with_state(tmp_path, grpc_receiver, spawn_bridge, lines=1000)
 
     with open(log, "r+b") as fh:  # same inode, same first bytes, 2,000 other lines
         fh.truncate(0)
@@ -1114,6 +1104,24 @@ def test_jsonl_lines_read_while_the_collector_was_down_are_delivered_after_a_res
     _records_total_is(absent_receiver, 3000, **{"bridge.run": "2"})
     _stays(absent_receiver, 3000, **{"bridge.run": "2"})
     assert_no_traceback(second)
+
+
+def _first_run_with_state(
+    tmp_path: Path, receiver: OtlpReceiver, spawn: Spawn, lines: int
+) -> tuple[Path, Path]:
+    """Run 1 (``bridge.run=1``) with a STATE_DIR: ``lines`` lines read and exported, then
+    a clean stop; the state directory and the log."""
+    state = tmp_path / "state"
+    state.mkdir()
+    log, first = _jsonl_bridge(
+        tmp_path, receiver, spawn, STATE_DIR=str(state), OTEL_RESOURCE_ATTRIBUTES="bridge.run=1"
+    )
+    with open(log, "ab") as fh:
+        fh.write(_same_head_lines(1, lines))
+    _records_total_is(receiver, lines, **{"bridge.run": "1"})
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=GRACE_S) == 0
+    return state, log
 
 
 def _restarted_jsonl_bridge(
@@ -1275,17 +1283,7 @@ def test_jsonl_positions_are_not_resumed_when_the_series_they_went_into_are_not_
     be restored (the series file damaged, deleted, or of another version), the lines
     before the position were in nothing: the restart resumed there anyway, and 1,000
     lines counted by run 1 were counted by no series of run 2."""
-    state = tmp_path / "state"
-    state.mkdir()
-    log, first = _jsonl_bridge(
-        tmp_path, grpc_receiver, spawn_bridge, STATE_DIR=str(state),
-        OTEL_RESOURCE_ATTRIBUTES="bridge.run=1",
-    )  # fmt: skip
-    with open(log, "ab") as fh:
-        fh.write(_same_head_lines(1, 1000))
-    _records_total_is(grpc_receiver, 1000, **{"bridge.run": "1"})
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout_s=GRACE_S) == 0
+    state, log = _first_run_with_state(tmp_path, grpc_receiver, spawn_bridge, lines=1000)
     [series] = state.glob("series-*.json")
     if damage == "damaged":
         series.write_bytes(b'{"format": 1, "series": {')
@@ -1314,14 +1312,7 @@ def test_a_series_file_of_the_wrong_shape_is_warned_about_and_the_bridge_reads_o
     """A series file that is JSON of the right format but the wrong shape (damaged, edited
     by hand) ended the bridge with an AttributeError or TypeError traceback at its first
     read: restore raised what its callers did not expect."""
-    state = tmp_path / "state"
-    state.mkdir()
-    log, first = _jsonl_bridge(tmp_path, grpc_receiver, spawn_bridge, STATE_DIR=str(state))
-    with open(log, "ab") as fh:
-        fh.write(_same_head_lines(1, 10))
-    _records_total_is(grpc_receiver, 10)
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout_s=GRACE_S) == 0
+    state, log = _first_run_with_state(tmp_path, grpc_receiver, spawn_bridge, lines=10)
     [saved] = state.glob("series-*.json")
     content = json.loads(saved.read_text())
     if isinstance(series["test.records"], dict):
