@@ -373,3 +373,9 @@ def test_a_quote_left_open_for_over_a_thousand_lines_is_read_not_waited_on(
     snapshot = source_for(path).poll()
     assert snapshot is not None and [r["step"] for r in snapshot.records] == [1, 2]
     assert snapshot.records[1]["note"].startswith("stray\n3,x\n")
+
+
+def test_a_header_naming_a_column_twice_is_reported() -> None:
+    records, errors = csv_records(b"step,loss,loss\n1,0.9,0.8\n")
+    assert records == [{"step": 1, "loss": 0.8}]
+    assert errors == ["the header names 'loss' in columns 2 and 3; the last one is read"]

@@ -731,6 +731,12 @@ def csv_records(
             if first is None:
                 return [], []
             header = _header_names(first)
+            for name in sorted({n for n in header if header.count(n) > 1}):
+                columns = [str(i + 1) for i, n in enumerate(header) if n == name]
+                errors.append(
+                    f"the header names {name!r} in columns {', '.join(columns[:-1])} and "
+                    f"{columns[-1]}; the last one is read"
+                )
         for row in rows:
             if not any(row):
                 continue  # a blank line
