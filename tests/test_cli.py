@@ -514,6 +514,28 @@ def test_preview_of_another_format_with_a_document_mapping_names_the_format(
     assert err.getvalue().endswith(hint + "\n"), err.getvalue()
 
 
+def test_preview_of_a_pretty_printed_document_with_a_json_lines_mapping_names_the_format(
+    tmp_path: Path,
+) -> None:
+    # Was one "not JSON; skipped" per line of the document, no point, and exit 0.
+    data = tmp_path / "metrics.json"
+    data.write_text('{\n  "iteration": 19,\n  "total_loss": 1.5\n}\n')
+    mapping = ROOT / "mappings/examples/detectron2-jsonl.yaml"
+    assert call("preview", "--mapping", str(mapping), str(data)) == (1, "", (
+        f"ml-metrics-bridge: cannot read {data}: it is one JSON document, not JSON Lines (one "
+        "object per line): say source.format: document in the mapping\n"
+    ))  # fmt: skip
+
+
+def test_preview_of_a_missing_input_says_so_plainly(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.json"
+    status, out, err = call("preview", "--mapping", str(ROOT / "mappings/ml-training.yaml"),
+                            str(missing))  # fmt: skip
+    assert (status, out, err) == (
+        1, "", f"ml-metrics-bridge: cannot read {missing}: No such file or directory\n"
+    )  # fmt: skip
+
+
 def test_preview_of_a_file_no_mapping_names_uses_every_mapping_and_says_what_run_would_add(
     tmp_path: Path,
 ) -> None:

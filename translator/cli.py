@@ -262,7 +262,8 @@ def _preview(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             records, root_of = _read_input(plan, args.input, stderr)
         except (OSError, SourceError, ValueError) as exc:
             where = f" with {plan.mapping_file}" if several else ""
-            stderr.write(f"ml-metrics-bridge: cannot read {args.input}{where}: {exc}\n")
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            stderr.write(f"ml-metrics-bridge: cannot read {args.input}{where}: {reason}\n")
             status = EXIT_FAILED
             continue
         read.append(plan)
@@ -366,14 +367,25 @@ def _read_input(plan: Plan, path: str, stderr: TextIO) -> tuple[list[Any], Any]:
     with open(path, "rb") as fh:
         data = fh.read()
     if plan.source.format is SourceFormat.JSONL:
-        records = []
+        records, skipped = [], []
         for number, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 records.append(parse_json(line))
             except ValueError as exc:  # the sidecar skips such a line too, and counts it
-                stderr.write(f"{path}:{number}: not JSON ({exc}); skipped\n")
+                skipped.append(f"{path}:{number}: not JSON ({exc}); skipped\n")
+        if not records and len(skipped) > 1:
+            try:
+                parse_json(data)
+            except ValueError:
+                pass
+            else:  # a pretty-printed document: a "not JSON" per line would hide the cause
+                raise ValueError(
+                    "it is one JSON document, not JSON Lines (one object per line): say "
+                    "source.format: document in the mapping"
+                )
+        stderr.write("".join(skipped))
         return records, lambda record: record
     if plan.source.format is SourceFormat.CSV:
         rows, errors = csv_records(data)
