@@ -9,7 +9,10 @@ Whoever can reach the port may connect: a connection that sends nothing is close
 ``CONNECTION_DEADLINE_S`` after it arrived, at most ``MAX_CONNECTIONS`` are served at once
 (more are closed on arrival, before a thread or a read), and a client that disconnects
 early is not an error worth a traceback. So idle or slow clients cannot take the process's
-threads or file descriptors, nor keep the probes out for long.
+threads or file descriptors, and one slow client holds a slot 10 s at most. Clients that
+reconnect as fast as they are hung up on can still keep every slot, and so the probes,
+out: nothing but the kubelet should reach the port (the shipped NetworkPolicy lets no
+other pod in).
 """
 
 from __future__ import annotations
