@@ -867,3 +867,12 @@ def test_jsonl_copytruncate_under_a_writer_without_o_append_loses_no_line_to_the
     assert after is not None and [r["v"] for r in after.records] == [3, 4]
     assert after.errors == ()
     assert after.notices == ("was truncated or rewritten in place; reading it from the start",)
+
+
+def test_an_attribute_that_is_an_object_or_array_is_a_drop_saying_so_in_english() -> None:
+    plan = plan_for("  - {name: v, type: gauge, path: $.v, attributes: {a: {path: $.a}}}\n")
+    details = [evaluate(plan, {"v": 1, "a": a}).drops[0].detail for a in ({"x": 1}, [1])]
+    assert details == [
+        "attribute 'a': $.a is an object, not a scalar",
+        "attribute 'a': $.a is an array, not a scalar",
+    ]

@@ -356,7 +356,7 @@ def exportable_attribute(raw: Any) -> tuple[AttributeValue | None, str]:
         if raw - raw != 0:  # NaN or infinite: NaN != NaN would make a new series each time
             return None, f"is {raw}"
     elif kind is not bool:
-        return None, f"is a {_json_type(raw)}, not a scalar"
+        return None, f"is an {_json_type(raw)}, not a scalar"  # object or array
     return raw, ""
 
 
