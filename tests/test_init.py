@@ -334,3 +334,21 @@ def test_a_json_lines_line_that_is_not_an_object_is_named(tmp_path: Path) -> Non
         f"ml-metrics-bridge init: {sample}:2: a list where JSON Lines of metrics have an "
         "object ({...}) on every line\n"
     ))  # fmt: skip
+
+
+def test_a_document_that_is_a_list_of_devices_is_a_for_each_not_a_history(
+    tmp_path: Path,
+) -> None:
+    # Read as a history, only the newest element (the last GPU) was exported.
+    content = json.dumps([
+        {"index": 0, "util": 0.5, "mem_bytes": 100}, {"index": 1, "util": 0.75, "mem_bytes": 200}
+    ])  # fmt: skip
+    text, rows = _proposed_points(tmp_path, "gpus.json", content)
+    assert "records:" not in text
+    assert sorted((r["name"], r["attributes"]["element.index"], r["value"]) for r in rows) == [
+        ("ml.training.mem_bytes", 0, 100), ("ml.training.mem_bytes", 1, 200),
+        ("ml.training.util", 0, 0.5), ("ml.training.util", 1, 0.75),
+    ]  # fmt: skip
+    # A list of log records (each with its step) stays a history.
+    text, _ = _proposed_points(tmp_path, "log.json", '[{"step": 1, "loss": 2}, {"step": 2, "loss": 1}]')
+    assert '  records: "$[*]"' in text

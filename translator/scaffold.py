@@ -107,6 +107,8 @@ class _Sample:
     """Keys of the history array inside the document (``()``: the document is the list)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """What of the file itself is left out (JSON Lines' lines that are not JSON)."""
+    elements: list[dict[str, Any]] | None = None
+    """The document is a list of objects told apart by a key: one for_each over ``$[*]``."""
 
 
 def _read_sample(path: str) -> _Sample:
@@ -162,9 +164,15 @@ def _read_sample(path: str) -> _Sample:
 
 def _document_sample(path: str, document: Any) -> _Sample:
     if isinstance(document, list):
-        if document and all(isinstance(r, dict) for r in document):
+        if not document or not all(isinstance(r, dict) for r in document):
+            raise ScaffoldError(f"{path}: a JSON list, but not of objects (records)")
+        elements = _Survey()
+        elements.add_list((), document)
+        if _looks_like_history("", document) or _element_key(elements.groups[()]) is None:
             return _Sample("document", document, document, history=())
-        raise ScaffoldError(f"{path}: a JSON list, but not of objects (records)")
+        # One object per GPU, rank, class...: a key tells them apart, so they are not the
+        # records of a log (of which only the newest would be exported) but a for_each.
+        return _Sample("document", [{}], document, elements=document)
     if not isinstance(document, dict):
         raise ScaffoldError(f"{path}: a single JSON {type(document).__name__}, not an object")
     found = _history_in(document)
@@ -246,11 +254,7 @@ class _Survey:
             elif isinstance(value, dict):
                 self.add(value, here)
             elif _is_object_list(value):
-                group = self.groups.setdefault(here, _Survey())
-                group.count += 1
-                group.elements_per_record.append(value)
-                for element in value:
-                    group.add_element(element)
+                self.add_list(here, value)
             elif isinstance(value, list):
                 numbers = [v for v in value if _is_number(v)]
                 if value and len(numbers) == len(value):
@@ -263,6 +267,13 @@ class _Survey:
                 leaf = self._leaf(here)
                 if value is not None:
                     leaf.values.append(value)
+
+    def add_list(self, keys: tuple[str, ...], elements: list[dict[str, Any]]) -> None:
+        group = self.groups.setdefault(keys, _Survey())
+        group.count += 1
+        group.elements_per_record.append(elements)
+        for element in elements:
+            group.add_element(element)
 
     def add_element(self, element: dict[str, Any]) -> None:
         self.elements += 1
@@ -448,6 +459,8 @@ def scaffold(sample_path: str, prefix: str = DEFAULT_PREFIX) -> str:
     survey = _Survey()
     for record in sample.records:
         survey.add(record)
+    if sample.elements is not None:
+        survey.add_list((), sample.elements)
     writer = _Writer(prefix, sample_path, os.path.basename(sample_path))
     text = _render(sample, survey, writer)
     try:
