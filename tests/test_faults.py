@@ -1330,3 +1330,33 @@ def test_a_series_file_of_the_wrong_shape_is_warned_about_and_the_bridge_reads_o
     _records_total_is(grpc_receiver, 5, **{"bridge.run": "2"})
     assert second.running
     assert_no_traceback(second)
+
+
+@pytest.mark.parametrize("where", ["jsonl-checkpoint", "series-file"])
+def test_a_fifo_in_state_dir_never_blocks_start_reading_or_sigterm(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn, where: str
+) -> None:
+    """A FIFO where a checkpoint or the series file goes (state restored from a backup
+    tool, a mistaken mkfifo): the plain open() blocked at start for good, SIGTERM too."""
+    from translator.sources import _checkpoint_file
+    from translator.statefile import SeriesStateFile
+
+    state = tmp_path / "state"
+    state.mkdir()
+    log = tmp_path / "metrics.jsonl"
+    mapping = tmp_path / "jsonl.yaml"
+    fifo = (
+        _checkpoint_file(str(state), str(log))
+        if where == "jsonl-checkpoint"
+        else SeriesStateFile(str(state), str(mapping)).path
+    )
+    os.mkfifo(fifo)
+    log.write_bytes(_same_head_lines(1, 10))
+    mapping.write_text(_JSONL_MAPPING.format(path=log))
+    env = bridge_env(grpc_receiver, log, MAPPING_PATH=str(mapping), STATE_DIR=str(state))
+    bridge = spawn_bridge(bridge_command("run"), env=env)
+    _records_total_is(grpc_receiver, 10)
+    bridge.wait_for_log(rf"{re.escape(fifo)}.*not a regular file", stream="stderr")
+    bridge.send_signal(signal.SIGTERM)
+    assert bridge.wait(timeout_s=GRACE_S) == 0
+    assert_no_traceback(bridge)

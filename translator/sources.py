@@ -38,6 +38,7 @@ import orjson
 from translator.errors import DocumentInvalid, SourceError, SourceUnavailable
 from translator.mapping.paths import MISSING, PLACEHOLDER, PathTooCostly
 from translator.mapping.plan import SourceSpec
+from translator.statefile import open_state_file
 
 #: A file whose mtime is this close to our last read may still be being written within
 #: the same timestamp tick; it is re-read even when stat() looks unchanged (git's
@@ -624,7 +625,7 @@ _SLOT_MAGIC = b"jsonl-checkpoint "
 
 
 def _allocate_slots(checkpoint: str) -> None:
-    fd = os.open(checkpoint, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_state_file(checkpoint, os.O_WRONLY | os.O_CREAT)
     try:
         if os.fstat(fd).st_size < 2 * _SLOT_BYTES:
             os.posix_fallocate(fd, 0, 2 * _SLOT_BYTES)  # real blocks, not a sparse hole
@@ -640,7 +641,7 @@ def _write_slot(checkpoint: str, sequence: int, payload: bytes) -> int:
     if len(record) >= _SLOT_BYTES:
         raise OSError(0, "the checkpoint is larger than its 1 KiB slot")
     _allocate_slots(checkpoint)
-    fd = os.open(checkpoint, os.O_WRONLY | os.O_CLOEXEC)
+    fd = open_state_file(checkpoint, os.O_WRONLY)
     try:
         os.pwrite(fd, record.ljust(_SLOT_BYTES - 1) + b"\n", sequence % 2 * _SLOT_BYTES)
     finally:
@@ -653,7 +654,7 @@ def read_jsonl_checkpoint(checkpoint: str) -> tuple[int, JsonlPosition | None]:
     none or damaged: the source then starts as configured). Reads the single-JSON files
     of older versions too."""
     try:
-        with open(checkpoint, "rb") as fh:
+        with open(open_state_file(checkpoint, os.O_RDONLY), "rb") as fh:
             data = fh.read(4 * _SLOT_BYTES)
     except OSError:
         return 0, None
@@ -848,7 +849,8 @@ class CsvSource:
             return
         tmp = f"{self._checkpoint}.tmp"
         try:
-            with open(tmp, "wb") as fh:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            with open(open_state_file(tmp, flags), "wb") as fh:
                 fh.write(orjson.dumps({"path": self.path, "rows": rows.hex()}))
             os.replace(tmp, self._checkpoint)
         except OSError as exc:
@@ -971,7 +973,7 @@ class CsvSource:
         if self._checkpoint is None:
             return None
         try:
-            with open(self._checkpoint, "rb") as fh:
+            with open(open_state_file(self._checkpoint, os.O_RDONLY), "rb") as fh:
                 rows = bytes.fromhex(orjson.loads(fh.read())["rows"])
         except FileNotFoundError:
             return None

@@ -11,17 +11,44 @@ One file per mapping path: two sidecars sharing a ``STATE_DIR`` with different m
 not overwrite each other. Written whole to a temporary file and renamed, so a crash leaves
 the previous state, never half of one. Never raises on a damaged file: :meth:`load` says
 what is wrong and the sidecar starts without it.
+
+Every file under ``STATE_DIR`` (this one, the read positions of :mod:`translator.sources`)
+is opened with :func:`open_state_file`: a FIFO in its place must not block the sidecar.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from typing import Any
 
 FORMAT = 1
+
+
+def open_state_file(path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` for a file under STATE_DIR that refuses anything but a regular file.
+
+    A plain open of a FIFO blocks until the other end opens (for good, SIGTERM included);
+    O_NONBLOCK makes it return at once and the descriptor's fstat decides. Raises OSError.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise OSError(errno.EINVAL, "not a regular file", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class SeriesStateFile:
@@ -32,7 +59,7 @@ class SeriesStateFile:
     def load(self) -> tuple[dict[str, Any] | None, str]:
         """``(saved, "")``, ``(None, "")`` when there is none, or ``(None, what is wrong)``."""
         try:
-            with open(self.path, "rb") as fh:
+            with open(open_state_file(self.path, os.O_RDONLY), "rb") as fh:
                 saved = json.loads(fh.read())
         except FileNotFoundError:
             return None, ""
@@ -51,6 +78,6 @@ class SeriesStateFile:
         state = {"format": FORMAT, "saved_at": time.time(), "series": series, "sources": sources}
         data = json.dumps(state, allow_nan=False, separators=(",", ":")).encode()
         tmp = f"{self.path}.tmp"
-        with open(tmp, "wb") as fh:
+        with open(open_state_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
             fh.write(data)
         os.replace(tmp, self.path)
