@@ -527,6 +527,22 @@ def test_preview_of_a_pretty_printed_document_with_a_json_lines_mapping_names_th
     ))  # fmt: skip
 
 
+def test_preview_table_shows_a_drop_no_one_record_made(tmp_path: Path) -> None:
+    # Two running totals for one series in one document: the registry drops the second.
+    # The table raised KeyError: 'record' (init proposes such a for_each when nothing
+    # tells the elements apart).
+    data = tmp_path / "metrics.json"
+    data.write_text('{"h": [{"step": 1}, {"step": 2}]}')
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "version: 1\nmetrics:\n"
+        '  - {name: s, type: counter, mode: total, for_each: "$.h[*]", path: $.step}\n'
+    )
+    status, out, err = call("preview", "--mapping", str(mapping), str(data))
+    assert (status, err) == (0, "")
+    assert "\ndropped (1):\n  s  metrics[0]: duplicate_series: s already has a running total" in out
+
+
 def test_preview_of_a_missing_input_says_so_plainly(tmp_path: Path) -> None:
     missing = tmp_path / "absent.json"
     status, out, err = call("preview", "--mapping", str(ROOT / "mappings/ml-training.yaml"),

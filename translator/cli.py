@@ -425,7 +425,8 @@ def _print_table(rows: list[dict[str, Any]], plan: Plan, out: TextIO) -> None:
         out.write(f"\ndropped ({len(dropped)}):\n")
         for r in dropped:
             d = r["dropped"]
-            record = "" if r["record"] is None else f"record {r['record']}: "
+            # The registry's drops (duplicate_series) come from no one record.
+            record = "" if r.get("record") is None else f"record {r['record']}: "
             out.write(f"  {record}{r['name']}  {d['rule']}: {d['reason']}: {d['detail']}\n")
     counts = Counter(r["name"] for r in points)
     out.write("\nseries per metric (distinct attribute sets):\n")
