@@ -352,3 +352,16 @@ def test_a_document_that_is_a_list_of_devices_is_a_for_each_not_a_history(
     # A list of log records (each with its step) stays a history.
     text, _ = _proposed_points(tmp_path, "log.json", '[{"step": 1, "loss": 2}, {"step": 2, "loss": 1}]')
     assert '  records: "$[*]"' in text
+
+
+def test_a_history_deeper_in_the_document_is_found(tmp_path: Path) -> None:
+    # Read as a for_each, its records were one series: the counter's second total a
+    # duplicate_series drop, the gauge the last record's value only by luck.
+    content = json.dumps({
+        "state": {"trainer": {"log_history": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]}}
+    })  # fmt: skip
+    text, rows = _proposed_points(tmp_path, "state.json", content)
+    assert '  records: "$.state.trainer.log_history[*]"' in text
+    assert sorted((r["name"], r["value"]) for r in rows) == [
+        ("ml.training.loss", 1.5), ("ml.training.step", 2)
+    ]  # fmt: skip

@@ -183,17 +183,20 @@ def _document_sample(path: str, document: Any) -> _Sample:
 
 
 def _history_in(document: dict[str, Any]) -> tuple[tuple[str, ...], list[dict[str, Any]]] | None:
-    """The first list of log records at the top or one level down, with its keys."""
-    places: list[tuple[tuple[str, ...], Any]] = [((k,), v) for k, v in document.items()]
-    places += [
-        ((k, k2), v2)
-        for k, v in document.items()
-        if isinstance(v, dict)
-        for k2, v2 in v.items()
-    ]
-    for keys, value in places:
-        if _is_object_list(value) and _looks_like_history(keys[-1], value):
-            return keys, value
+    """The shallowest list of log records in the document (the first of those at one depth),
+    with its keys: `{"state": {"trainer": {"log_history": [...]}}}` too, whose records
+    read as elements of a for_each would all be one series."""
+    level: list[tuple[tuple[str, ...], Any]] = [((k,), v) for k, v in document.items()]
+    while level and len(level[0][0]) <= _MAX_DEPTH:
+        for keys, value in level:
+            if _is_object_list(value) and _looks_like_history(keys[-1], value):
+                return keys, value
+        level = [
+            ((*keys, k), v)
+            for keys, value in level
+            if isinstance(value, dict)
+            for k, v in value.items()
+        ]
     return None
 
 
