@@ -401,6 +401,7 @@ class _Compiler:
                 f"a {kind} cannot keep NaN or Infinity (a sum or a bucket count would be "
                 "lost for good); use non_finite: drop",
             )
+        plain = not enum and not {"scale", "offset", "range"} & spec.keys()
         return MetricRule(
             index=index,
             name=spec["name"],
@@ -417,7 +418,7 @@ class _Compiler:
                 default=spec.get("default"),
                 skip_missing=missing_value == "skip",
                 keep_non_finite=spec.get("non_finite", "drop") == "keep",
-                plain=not enum and not {"scale", "offset", "range"} & spec.keys(),
+                plain=plain,
                 range_min=low,
                 range_max=high,
             ),
@@ -436,6 +437,7 @@ class _Compiler:
             monotonic=kind in (InstrumentKind.COUNTER, InstrumentKind.HISTOGRAM),
             attributes_id=id(attributes),
             key_patterns=bool(placeholders),
+            direct=plain and for_each is None and when is None and not placeholders,
         )
 
     def value_path(self, spec: dict[str, Any], where: YamlPath) -> Path | None:

@@ -112,6 +112,10 @@ class MetricRule:
     """``id(attributes)``: the engine's per-record cache key (equal lists are one tuple)."""
     key_patterns: bool = False
     """The value path or for_each has ``{name}`` key patterns: one point per match."""
+    direct: bool = False
+    """A number taken as it is from a path (or a ``count:``) of the record itself: no
+    ``when``, ``for_each``, key pattern, map, scale, offset or range. The engine evaluates
+    such a rule inline, so that what the other rules use costs it nothing per record."""
 
 
 @dataclass(frozen=True, slots=True)
