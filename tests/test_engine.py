@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from translator.engine import DropReason, evaluate
+from translator.engine import DropReason, Evaluation, evaluate
 from translator.mapping import compile_mapping
 
 
@@ -398,3 +399,47 @@ def test_the_new_forms_give_points_or_drops_never_exceptions_on_any_json(record:
     )
     result = evaluate(plan, record)
     assert all(isinstance(v, int | float) for _, _, v in result.points)
+
+
+# --- the inline path of plain rules (MetricRule.direct) -------------------------------------
+
+_RULE_KINDS = (
+    "  - {name: g, type: gauge, path: $.v}\n"
+    "  - {name: c, type: counter, mode: total, path: $.v}\n"
+    "  - {name: h, type: histogram, path: $.v, buckets: [1, 10]}\n"
+    "  - {name: n, type: gauge, count: '$.v[*]'}\n"
+)
+
+
+def test_only_rules_that_use_nothing_but_a_plain_path_are_evaluated_inline() -> None:
+    plan = plan_of(
+        _RULE_KINDS + "  - {name: r, type: gauge, path: $.v, range: {min: 0}}\n"
+        "  - {name: s, type: gauge, path: $.v, scale: 2}\n"
+        "  - {name: w, type: gauge, path: $.v, when: {exists: $.v}}\n"
+        "  - {name: e, type: gauge, path: $.x, for_each: '$.v[*]'}\n"
+        "  - {name: k, type: gauge, path: \"$['loss/{split}']\"}\n"
+    )
+    assert [rule.direct for rule in plan.rules] == [True] * 4 + [False] * 5
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.5, -0.5, 7, -7, 0, 2**63 - 1, 2**63, 10**30, math.nan, math.inf, None, "3", True, [1]],
+)
+@pytest.mark.parametrize("job", ["j1", None, 10**30, [1]], ids=["job", "no-job", "huge", "list"])
+def test_the_inline_path_gives_what_the_general_path_gives(value: Any, job: Any) -> None:
+    extra = "attributes:\n  job: {path: $.job}\n  site: {value: here}\n"
+    inline = plan_of(_RULE_KINDS, extra)
+    general = replace(inline, rules=tuple(replace(r, direct=False) for r in inline.rules))
+    record: dict[str, Any] = {"v": value} if job is None else {"v": value, "job": job}
+    ours, theirs = evaluate(inline, record), evaluate(general, record)
+    assert _shown(ours) == _shown(theirs)
+    assert ours.points or ours.drops  # every rule gives a point or says why not
+
+
+def _shown(result: Evaluation) -> str:
+    """Points and drops by rule number; repr, so that NaN equals NaN and 1 is not True."""
+    return repr(
+        [(rule.index, attributes, value) for rule, attributes, value in result.points]
+        + [(drop.rule.index, drop.reason, drop.detail) for drop in result.drops]
+    )

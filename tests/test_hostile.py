@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
@@ -246,6 +248,38 @@ def test_scale_and_offset_never_make_an_integer_otlp_cannot_carry(
     data = reader.get_metrics_data()
     assert data is not None
     encode_metrics(data).SerializeToString()  # raises EncodingException on an int64 overflow
+
+
+def test_a_json_line_with_an_integer_beyond_64_bits_keeps_it_exact_among_long_floats(
+    tmp_path: Path,
+) -> None:
+    """A JSON Lines chunk is looked at once for such integers, then only its lines that
+    hold one go to the standard parser; fractions of 19 digits (Python's repr writes them)
+    and exponents are not such integers."""
+    log = tmp_path / "m.jsonl"
+    long_fraction = b'{"lr": 0.0009000000000000001, "e": 1234567890123456789012e-3}\n'
+    log.write_bytes(
+        long_fraction * 3 + b'{"id": %d, "lr": 0.0009000000000000001}\n' % 10**30 + long_fraction
+    )
+    plan = plan_for(
+        "  - {name: v, type: gauge, path: $.lr}\n", f"source: {{path: '{log}', format: jsonl}}\n"
+    )
+    source = JsonlSource(str(log), plan.source)
+    try:
+        snapshot = source.poll()
+    finally:
+        source.close()
+    assert snapshot is not None and not snapshot.errors
+    assert [type(r.get("id")) for r in snapshot.records] == [type(None)] * 3 + [int, type(None)]
+    assert snapshot.records[3]["id"] == 10**30  # exact: orjson would have made it a float
+    assert snapshot.records[0] == {"lr": 0.0009000000000000001, "e": 1234567890123456789.012}
+
+
+@settings(deadline=None, database=None)  # a busy machine: no time limit per example
+@given(st.binary(max_size=80) | st.text('0123456789.eE-+ ,:"[]{}', max_size=80).map(str.encode))
+def test_the_long_integer_scan_finds_what_the_regex_of_its_definition_finds(data: bytes) -> None:
+    definition = re.compile(rb"(?<![0-9.])[0-9]{19,}(?![0-9.eE])")
+    assert sources._has_long_integer(data) == (definition.search(data) is not None)
 
 
 # --- huge strings ---------------------------------------------------------------------------
