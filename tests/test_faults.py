@@ -1360,3 +1360,34 @@ def test_a_fifo_in_state_dir_never_blocks_start_reading_or_sigterm(
     bridge.send_signal(signal.SIGTERM)
     assert bridge.wait(timeout_s=GRACE_S) == 0
     assert_no_traceback(bridge)
+
+
+def test_run_once_on_a_document_that_never_holds_still_exits_1_saying_so(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A document rewritten in place every millisecond is never applied (no read can tell
+    a torn state from a whole one): run --once read it once, applied nothing and exited 0
+    as if all were well. Now it reads again for 2 s as run does, then says why it exits 1."""
+    metrics = tmp_path / "current.json"
+    metrics.write_bytes(b'{"v": 10000000}\n')
+    script = (
+        "import os, sys, time\n"
+        "version = 0\n"
+        "while True:\n"
+        "    version += 1\n"
+        "    fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "    os.pwrite(fd, b'{\"v\": 1%07d}\\n' % version, 0)\n"
+        "    os.close(fd)\n"
+        "    time.sleep(0.001)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, str(metrics)])
+    try:
+        bridge = spawn_bridge(bridge_command("run", "--once"), env=bridge_env(grpc_receiver, metrics))
+        status = bridge.wait(timeout_s=30)
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    assert status == 1, bridge.describe()
+    assert bridge.stderr.endswith(
+        f"ERROR   run --once exits 1: {metrics}: changed during every read, so not applied\n"
+    ), bridge.stderr

@@ -55,6 +55,9 @@ _TAILED = (JsonlSource, CsvSource)
 SHUTDOWN_EXPORT_S = 5.0
 #: After a half-written document, read again this soon rather than a whole interval later.
 RETRY_SOON_S = 0.1
+#: ``run --once`` reads a document caught changing (or half-written) again this many times,
+#: RETRY_SOON_S apart (2 s in all), before it gives up on it.
+ONCE_RETRIES = 20
 #: At most this many on-demand exports a second (10): a busy writer is batched, not echoed.
 MIN_EXPORT_SPACING_S = 0.1
 #: With STATE_DIR, the series are saved at most this often (and when stopping).
@@ -198,6 +201,7 @@ class Bridge:
                 health.start()
                 _log.info("health endpoints on %s (/healthz, /readyz)", health.address)
         unread: tuple[str, ...] = ()
+        retries = ONCE_RETRIES
         while True:
             self.loop_heartbeat = time.monotonic()
             poll = self._poll_all()
@@ -208,7 +212,13 @@ class Bridge:
                     break
                 continue  # a backlog: keep reading before sleeping
             if once:
-                break
+                if not (poll.retry_soon and retries > 0):
+                    break
+                retries -= 1  # a document changing under the read: as run does, read it again
+                self._waker.wait(RETRY_SOON_S)
+                if self._stop_if_signalled():
+                    break
+                continue
             self._reload_if_changed()
             self._waker.watch(self._watched_files())
             delay = RETRY_SOON_S if poll.retry_soon else self.settings.collection_interval_s
@@ -257,9 +267,9 @@ class Bridge:
                     snapshot = None
                 else:
                     # A document changing under the read: read it again soon, quietly.
-                    retry_soon |= isinstance(tracked.source, DocumentSource) and (
-                        tracked.source.settling
-                    )
+                    if isinstance(tracked.source, DocumentSource) and tracked.source.settling:
+                        retry_soon = True
+                        unread.append(f"{path}: changed during every read, so not applied")
                     if self._throttle.clear("read", path):
                         _log.info("%s: reading again", path, extra={"source": path})
                 now = time.monotonic()
