@@ -347,6 +347,9 @@ def _attributes(
             if attribute.default is None:
                 return _bad(DropReason.MISSING_ATTRIBUTE, attribute, "selects nothing")
             raw = attribute.default
+        if type(raw) is str and raw.isascii() and len(raw) <= MAX_ATTRIBUTE_CHARS:
+            out.append((attribute.key, raw))  # the common case, inline: a short ASCII string
+            continue
         value, problem = exportable_attribute(raw)
         if problem:
             return _bad(DropReason.BAD_ATTRIBUTE, attribute, problem)
