@@ -12,7 +12,7 @@ state (see the README, "What the bridge guarantees"):
   once; the stream starts when the bridge starts aggregating it.
 
 Start times follow the data model's rules. A known start (the job's, named by the
-mapping's ``source.start_time``) is used when it is after the stream's current start.
+mapping's ``source.start_time_path``) is used when it is after the stream's current start.
 Otherwise a cumulative stream whose start is unknown gets it at its first export: that
 point's start time equals its time ("Cumulative streams: handling unknown start time":
 a zero-duration point with a non-zero value starts an unbroken sequence whose first rate
