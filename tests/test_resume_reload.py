@@ -440,6 +440,43 @@ def test_a_restart_with_state_dir_exports_the_gauges_at_the_first_export(
     assert grpc_receiver.wait_for_point("iterations", where=lambda p: p.number != 5).number == 6
 
 
+def test_a_series_gone_stale_before_a_restart_with_state_dir_does_not_come_back(
+    tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
+) -> None:
+    """A JSON Lines log that stopped being written: its gauge went stale and stopped being
+    exported. The series file must say so, or the restarted sidecar exports it again."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(json.dumps({"iteration": 1, "total_loss": 0.5}) + "\n")
+    mapping = tmp_path / "stale.yaml"
+    mapping.write_text(
+        "version: 1\n"
+        f"source: {{path: '{log}', format: jsonl, stale_after_s: 1}}\n"
+        "metrics:\n"
+        "  - {name: loss, type: gauge, path: $.total_loss}\n"
+    )
+    env = otlp_env(
+        grpc_receiver, MAPPING_PATH=str(mapping), STATE_DIR=str(state_dir),
+        COLLECTION_INTERVAL="0.3",
+    )  # fmt: skip
+    first = spawn_bridge(bridge_command("run"), env=env)
+    grpc_receiver.wait_for_point("loss", where=lambda p: p.number == 0.5)
+    first.wait_for_log(r"no new data for", stream="stderr", timeout_s=15)
+    # The heartbeat exports go on without the gauge.
+    grpc_receiver.wait_for(
+        lambda: not [p for p in grpc_receiver.requests[-1].points if p.name == "loss"],
+        timeout_s=15,
+        what="an export without the stale gauge",
+    )
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout_s=10) == 0
+    grpc_receiver.clear()
+    spawn_bridge(bridge_command("run"), env=env, name="restarted")
+    requests = grpc_receiver.wait_for_requests(2, timeout_s=15)
+    assert not [p for r in requests for p in r.points if p.name == "loss"], requests[0].points
+
+
 def test_a_document_read_again_after_a_restart_adds_no_histogram_observation_twice(
     tmp_path: Path, grpc_receiver: OtlpReceiver, spawn_bridge: Spawn
 ) -> None:

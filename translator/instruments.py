@@ -111,6 +111,9 @@ class InstrumentRegistry:
         self._scope = scope or InstrumentationScope(METER_NAME, __version__)
         self._lock = threading.Lock()
         self._instruments: dict[str, _Instrument] = {}
+        self.changes = 0
+        """Counts the calls that changed what :meth:`saved_state` would hold (install,
+        apply, forget): a saver compares it with the count it last saved."""
 
     # --- plans ---------------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class InstrumentRegistry:
             for spec in plan.instruments:
                 wanted[spec.name] = (spec, plan.max_series)
         with self._lock:
+            self.changes += 1
             for name, instrument in self._instruments.items():
                 if name not in wanted and not instrument.retired:
                     instrument.retired = True
@@ -188,6 +192,7 @@ class InstrumentRegistry:
         if start_ns > now_ns:
             start_ns = now_ns  # a start in the future: the clocks disagree; never after a point
         with self._lock:
+            self.changes += 1
             instruments = self._instruments
             newest: dict[str, dict[AttributeSet, tuple[MetricRule, float | int]]] = {}
             for i, (rule, attributes, value) in enumerate(points):
@@ -298,6 +303,7 @@ class InstrumentRegistry:
     def forget(self, source: str) -> None:
         """Stop reporting everything ``source`` contributed (stale, or gone)."""
         with self._lock:
+            self.changes += 1
             for instrument in self._instruments.values():
                 gone = instrument.by_source.pop(source, None)
                 if gone:

@@ -117,7 +117,7 @@ class Bridge:
         self.loop_heartbeat = time.monotonic()
         self._state_file: SeriesStateFile | None = None
         self._saved: dict[str, Any] | None = None
-        self._state_changed = False
+        self._saved_changes = 0  # the registry's change count the series file holds
         self._state_saved_at = 0.0
         if settings.state_dir is not None:
             self._state_file = SeriesStateFile(settings.state_dir, settings.mapping_path)
@@ -384,7 +384,6 @@ class Bridge:
                 start_ns=self._start_time(job.plan, snapshot), counts=self.stats.points_emitted,
             )
         ]  # fmt: skip
-        self._state_changed = True
         if snapshot.replaces:
             tracked.last = snapshot
         elif seen < len(records):
@@ -570,12 +569,14 @@ class Bridge:
         then the read positions of the lines and rows applied to them."""
         if self._state_file is None or self._registry is None:
             return
-        if not (self._state_changed or self._read_positions):
+        changes = self._registry.changes
+        changed = changes != self._saved_changes  # applied, forgotten (stale, gone), reloaded
+        if not (changed or self._read_positions):
             return
         if not now and time.monotonic() - self._state_saved_at < STATE_SAVE_SPACING_S:
             return
         positions, self._read_positions = self._read_positions, {}
-        if not self._state_changed:  # lines that changed no series (blank, not JSON)
+        if not changed:  # lines that changed no series (blank, not JSON)
             self._commit_positions(positions)
             return
         marks = {
@@ -595,7 +596,7 @@ class Bridge:
             # The positions wait for the series: committed alone, they would run ahead.
             self._read_positions = positions | self._read_positions
             return
-        self._state_changed = False
+        self._saved_changes = changes
         self._state_saved_at = time.monotonic()
         self._commit_positions(positions)
 
