@@ -936,13 +936,7 @@ class CsvSource:
         return self._read()
 
     def _read(self) -> Snapshot | None:
-        cap = self.spec.max_bytes
-        try:
-            data = os.pread(self._fh.fileno(), cap + 1, 0)
-        except OSError as exc:
-            raise _read_error(self.path, exc) from None
-        if len(data) > cap:
-            raise SourceUnavailable(self.path, f"grew past the {cap}-byte cap (source.max_bytes)")
+        data = _read_capped(self.path, self._fh, self.spec.max_bytes)[0]
         complete = data[: _csv_rows_end(data)]  # a half-written last row waits
         try:
             records, digests = self._rows(complete)
