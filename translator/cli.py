@@ -307,6 +307,7 @@ def _preview_rows(
     """
     from translator.instruments import InstrumentRegistry
     from translator.runtime import apply_snapshot, job_start_ns
+    from translator.series import UNKNOWN_START
     from translator.sources import Snapshot
 
     appended = plan.source.format in (SourceFormat.JSONL, SourceFormat.CSV)
@@ -317,7 +318,7 @@ def _preview_rows(
     start = job_start_ns(plan, snapshot)
     drops = apply_snapshot(
         registry, plan, snapshot, plan.mapping_file, extra,
-        start_ns=start if isinstance(start, int) else 0,
+        start_ns=start if isinstance(start, int) else UNKNOWN_START,
     )  # fmt: skip
     kinds = {spec.name: spec.kind.value for spec in plan.instruments}
     rows: list[dict[str, Any]] = []
